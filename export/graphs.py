@@ -1,0 +1,196 @@
+"""Export wrappers: the exact functions that become encoder.onnx and decoder.onnx.
+
+Each model kind gets an encoder wrapper and a decoder-step wrapper taking and returning flat
+tensors in manifest order, plus the manifest's description of those tensors (names, dtypes,
+symbolic axes, which decoder inputs are state and which are static). `TorchRuntime` runs the
+wrappers behind the same `encode`/`step` interface as the server's ONNX Runtime model, so the
+server's decoding loop drives PyTorch too, and parity checks compare like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from seqcast.export.gru import GruAttention
+from seqcast.export.transformer import Transformer
+from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, StaticSpec, TensorSpec
+
+I64, F32 = "int64", "float32"
+
+
+@dataclass(frozen=True)
+class GraphPair:
+    """Wrappers plus the manifest entries that describe them."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+    encoder_spec: EncoderSpec
+    decoder_spec: DecoderSpec
+
+
+# --- transformer -------------------------------------------------------------------------------
+
+
+class TransformerEncoderGraph(nn.Module):
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, ...]:
+        states, cross = self.model.encode(input_ids, encoder_attention_mask)
+        return (states, *(t for kv in cross for t in kv))
+
+
+class TransformerDecoderGraph(nn.Module):
+    """Inputs: input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, then
+    per layer past decoder key/value, then per layer encoder key/value."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = len(model.decoder_layers)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        decoder_attention_mask: Tensor,
+        encoder_attention_mask: Tensor,
+        *kv: Tensor,
+    ) -> tuple[Tensor, ...]:
+        n = self.layers
+        past = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
+        cross = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
+        logits, present = self.model.decode(
+            input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross
+        )
+        return (logits, *(t for pair in present for t in pair))
+
+
+def transformer_graphs(model: Transformer) -> GraphPair:
+    cfg = model.cfg
+    h, dh, n = cfg.n_heads, cfg.head_dim, cfg.decoder_layers
+    cross_out = [f"present.{i}.encoder.{kv}" for i in range(n) for kv in ("key", "value")]
+    past_in = [f"past_key_values.{i}.decoder.{kv}" for i in range(n) for kv in ("key", "value")]
+    cross_in = [f"past_key_values.{i}.encoder.{kv}" for i in range(n) for kv in ("key", "value")]
+    present_out = [f"present.{i}.decoder.{kv}" for i in range(n) for kv in ("key", "value")]
+    encoder_spec = EncoderSpec(
+        inputs=[
+            TensorSpec(name="input_ids", dtype=I64, shape=["batch", "source_length"]),
+            TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
+        ],
+        outputs=[TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", cfg.d_model])]
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_out],
+    )
+    decoder_spec = DecoderSpec(
+        position_ids="position_ids",
+        attention_mask="decoder_attention_mask",
+        state=[StateSpec(input=i, output=o, init="empty", seq_axis=2) for i, o in zip(past_in, present_out)],
+        static=[StaticSpec(input="encoder_attention_mask", source="encoder_attention_mask", seq_axis=1)]
+        + [StaticSpec(input=i, source=o, seq_axis=2) for i, o in zip(cross_in, cross_out)],
+        inputs=[
+            TensorSpec(name="input_ids", dtype=I64, shape=["batch", "new_tokens"]),
+            TensorSpec(name="position_ids", dtype=I64, shape=["batch", "new_tokens"]),
+            TensorSpec(name="decoder_attention_mask", dtype=I64, shape=["batch", "past_and_new"]),
+            TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
+        ]
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_length", dh]) for name in past_in]
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_in],
+        outputs=[TensorSpec(name="logits", dtype=F32, shape=["batch", "new_tokens", cfg.vocab_size])]
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_and_new", dh]) for name in present_out],
+    )
+    return GraphPair(TransformerEncoderGraph(model), TransformerDecoderGraph(model), encoder_spec, decoder_spec)
+
+
+# --- GRU with additive attention ----------------------------------------------------------------
+
+
+class GruEncoderGraph(nn.Module):
+    def __init__(self, model: GruAttention) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.encode(input_ids, encoder_attention_mask)
+
+
+class GruDecoderGraph(nn.Module):
+    def __init__(self, model: GruAttention) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: Tensor, encoder_attention_mask: Tensor, states: Tensor, keys: Tensor, state: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self.model.step(input_ids, state, states, keys, encoder_attention_mask)
+
+
+def gru_graphs(model: GruAttention) -> GraphPair:
+    cfg = model.cfg
+    encoder_spec = EncoderSpec(
+        inputs=[
+            TensorSpec(name="input_ids", dtype=I64, shape=["batch", "source_length"]),
+            TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
+        ],
+        outputs=[
+            TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", 2 * cfg.hidden]),
+            TensorSpec(name="encoder_attention_keys", dtype=F32, shape=["batch", "source_length", cfg.attention_dim]),
+            TensorSpec(name="initial_state.h", dtype=F32, shape=["batch", cfg.hidden]),
+        ],
+    )
+    decoder_spec = DecoderSpec(
+        state=[StateSpec(input="past_state.h", output="present_state.h", init="encoder", source="initial_state.h")],
+        static=[
+            StaticSpec(input="encoder_attention_mask", source="encoder_attention_mask", seq_axis=1),
+            StaticSpec(input="encoder_hidden_states", source="encoder_hidden_states", seq_axis=1),
+            StaticSpec(input="encoder_attention_keys", source="encoder_attention_keys", seq_axis=1),
+        ],
+        inputs=[
+            TensorSpec(name="input_ids", dtype=I64, shape=["batch", 1]),
+            TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
+            TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", 2 * cfg.hidden]),
+            TensorSpec(name="encoder_attention_keys", dtype=F32, shape=["batch", "source_length", cfg.attention_dim]),
+            TensorSpec(name="past_state.h", dtype=F32, shape=["batch", cfg.hidden]),
+        ],
+        outputs=[
+            TensorSpec(name="logits", dtype=F32, shape=["batch", 1, cfg.vocab_size]),
+            TensorSpec(name="present_state.h", dtype=F32, shape=["batch", cfg.hidden]),
+        ],
+    )
+    return GraphPair(GruEncoderGraph(model), GruDecoderGraph(model), encoder_spec, decoder_spec)
+
+
+def graphs_for(model: nn.Module) -> GraphPair:
+    if isinstance(model, Transformer):
+        return transformer_graphs(model)
+    if isinstance(model, GruAttention):
+        return gru_graphs(model)
+    raise TypeError(f"no export graphs for {type(model).__name__}")
+
+
+# --- PyTorch behind the runtime interface --------------------------------------------------------
+
+
+class TorchRuntime:
+    """Runs the export wrappers in PyTorch behind the server's `encode`/`step` interface."""
+
+    def __init__(self, graphs: GraphPair, special_tokens: SpecialTokens) -> None:
+        self.graphs = graphs
+        self.encoder_spec = graphs.encoder_spec
+        self.decoder_spec = graphs.decoder_spec
+        self.special_tokens = special_tokens
+
+    @torch.inference_mode()
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.graphs.encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        return {t.name: o.numpy() for t, o in zip(self.graphs.encoder_spec.outputs, out)}
+
+    @torch.inference_mode()
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.graphs.decoder_spec.inputs]
+        out = self.graphs.decoder(*args)
+        return {t.name: o.numpy() for t, o in zip(self.graphs.decoder_spec.outputs, out)}

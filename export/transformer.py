@@ -1,0 +1,223 @@
+"""Transformer encoder-decoder for translation, written out with an explicit KV-cache API.
+
+Pre-layer-norm blocks (residual + layer norm), multi-head scaled dot-product attention with
+explicit Q/K/V projections, sinusoidal positions computed from position ids (so each row of a
+batch can sit at its own position), tied input/output embeddings.
+
+The decoder has one entry point, `decode`, used three ways:
+  * training and uncached inference: the whole target prefix, empty past;
+  * cached inference: one new token per row, past K/V from the previous call;
+  * in the exported `decoder.onnx`: exactly this function, so the graph and the PyTorch
+    reference share one code path.
+
+Shapes: B batch, S source length, T new target tokens, P past length, D model width,
+H heads, Dh = D / H head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Large negative instead of -inf: exp() underflows to exactly 0, and a fully masked row (never
+# produced by the server, but possible in hand-made inputs) stays finite.
+MASK_VALUE = -1e9
+
+KV = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    # Special token ids, shared by source and target (one vocabulary).
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sinusoidal_embedding(positions: Tensor, d_model: int) -> Tensor:
+    """(...,) integer positions -> (..., d_model) sin/cos features (Vaswani et al., 2017)."""
+    half = d_model // 2
+    inv_freq = torch.exp(
+        torch.arange(half, dtype=torch.float32, device=positions.device) * (-math.log(10000.0) / half)
+    )
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # (..., half)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape  # (B, T, D) -> (B, H, T, Dh)
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> KV:
+        """(B, S, D) -> keys and values, each (B, H, S, Dh)."""
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, D) attends over k, v (B, H, S, Dh); mask (B, 1, T or 1, S) bool, True = attend."""
+        q = self._split(self.q_proj(x)) * (self.head_dim**-0.5)
+        scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill(~mask, MASK_VALUE)  # (B, H, T, S)
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        out = torch.matmul(weights, v).transpose(1, 2)  # (B, T, H, Dh)
+        return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.norm1(x)
+        k, v = self.attn.project_kv(h)
+        x = x + self.dropout(self.attn(h, k, v, mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.norm3 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, past: KV, self_mask: Tensor, cross: KV, cross_mask: Tensor
+    ) -> tuple[Tensor, KV]:
+        """Returns the new hidden states and the self-attention K/V with this call's tokens appended."""
+        h = self.norm1(x)
+        k_new, v_new = self.self_attn.project_kv(h)
+        k = torch.cat([past[0], k_new], dim=2)  # (B, H, P + T, Dh)
+        v = torch.cat([past[1], v_new], dim=2)
+        x = x + self.dropout(self.self_attn(h, k, v, self_mask))
+        x = x + self.dropout(self.cross_attn(self.norm2(x), cross[0], cross[1], cross_mask))
+        x = x + self.dropout(self.ffn(self.norm3(x)))
+        return x, (k, v)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[cfg.pad_id].zero_()
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+        x = self.embed(ids) * math.sqrt(self.cfg.d_model) + sinusoidal_embedding(positions, self.cfg.d_model)
+        return self.dropout(x)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, list[KV]]:
+        """input_ids, attention_mask (B, S), mask 1 = token, 0 = padding (right-padded).
+
+        Returns encoder states (B, S, D) and, per decoder layer, the cross-attention K/V
+        (B, H, S, Dh): computed once here instead of at every decoder step.
+        """
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self._embed(input_ids, positions)
+        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        states = self.encoder_norm(x)
+        cross = [layer.cross_attn.project_kv(states) for layer in self.decoder_layers]
+        return states, cross
+
+    def empty_past(self, batch: int) -> list[KV]:
+        shape = (batch, self.cfg.n_heads, 0, self.cfg.head_dim)
+        device = self.embed.weight.device
+        return [(torch.zeros(shape, device=device), torch.zeros(shape, device=device)) for _ in self.decoder_layers]
+
+    def decode(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        decoder_attention_mask: Tensor,
+        encoder_attention_mask: Tensor,
+        past: list[KV],
+        cross: list[KV],
+    ) -> tuple[Tensor, list[KV]]:
+        """One decoder call over T new tokens per row.
+
+        input_ids, position_ids: (B, T). decoder_attention_mask: (B, P + T), 1 where a past or new
+        position holds a real token of this row (0 marks padding in the cache, so rows that
+        joined the batch at different times can share one call). encoder_attention_mask: (B, S).
+        past: per layer (k, v), each (B, H, P, Dh). cross: per layer (k, v), each (B, H, S, Dh).
+
+        Returns logits (B, T, V) and per layer the present (k, v), each (B, H, P + T, Dh).
+        """
+        p, t = past[0][0].shape[2], input_ids.shape[1]
+        # New token i sits at cache index p + i and may see every index up to its own.
+        query_index = torch.arange(t, device=input_ids.device).unsqueeze(1) + p  # (T, 1)
+        key_index = torch.arange(p + t, device=input_ids.device).unsqueeze(0)  # (1, P + T)
+        causal = key_index <= query_index  # (T, P + T)
+        self_mask = decoder_attention_mask.bool()[:, None, None, :] & causal  # (B, 1, T, P + T)
+        cross_mask = encoder_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+
+        x = self._embed(input_ids, position_ids)
+        present: list[KV] = []
+        for layer, layer_past, layer_cross in zip(self.decoder_layers, past, cross):
+            x, kv = layer(x, layer_past, self_mask, layer_cross, cross_mask)
+            present.append(kv)
+        logits = torch.matmul(self.decoder_norm(x), self.embed.weight.t())  # (B, T, V)
+        return logits, present
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T), right-padded with pad_id."""
+        _, cross = self.encode(src, src_mask)
+        batch, t = tgt_in.shape
+        positions = torch.arange(t, device=src.device).unsqueeze(0).expand(batch, t)
+        tgt_mask = (tgt_in != self.cfg.pad_id).long()
+        logits, _ = self.decode(tgt_in, positions, tgt_mask, src_mask, self.empty_past(batch), cross)
+        return logits
