@@ -53,10 +53,38 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained run to an ONNX bundle (parity-checked)")
+    p.add_argument("--run-dir", type=Path, required=True, help="training run directory (uses best.pt)")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="bundle root (default: models)")
+    p.add_argument("--name", required=True, help="model name, e.g. en-de")
+    p.add_argument("--version", default="1")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed, PyTorch vs ONNX Runtime")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle of that name and version")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from seqcast.export.bundle import export_bundle
+    from seqcast.export.parity import ParityError
+
+    try:
+        path = export_bundle(
+            args.run_dir, args.models_dir, args.name, args.version,
+            max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, overwrite=args.overwrite,
+        )
+    except ParityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the export-path subcommands on the `seqcast` parser."""
     _add_train(sub)
+    _add_export(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"train": _run_train}[args.command](args)
+    return {"train": _run_train, "export": _run_export}[args.command](args)

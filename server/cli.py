@@ -1,17 +1,45 @@
 """`seqcast`: one command with a subcommand per step (data, train, export, evaluate, serve).
 
-The export-path commands live in `seqcast.export.cli` and import torch only when run.
+The export-path commands live in `seqcast.export.cli` and import torch only when run, so the
+server image (no torch) runs `seqcast serve`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+from pathlib import Path
+
+from pydantic import ValidationError
 
 from seqcast.export import cli as export_cli
 
-SERVER_COMMANDS: set[str] = set()
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve every bundle under --model-dir over gRPC")
+    p.add_argument("--config", type=Path, help="TOML settings file (below flags and SEQCAST_* variables)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port, 0 for any free one (default 50051)")
+    p.add_argument("--model-dir", type=Path, help="bundle root (default models)")
+    p.add_argument("--default-model", help="model for requests that name none")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--intra-op-threads", type=int)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from seqcast.server.app import serve
+    from seqcast.server.settings import ServerSettings
+
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "log_level")}
+    try:
+        settings = ServerSettings(**flags)
+    except (ValidationError, ValueError) as e:
+        print(f"error: invalid settings: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,12 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
     export_cli.add_commands(sub)
+    _add_serve(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return _run_serve(args)
     return export_cli.run(args)
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from seqcast.server.manifest import Manifest, TensorSpec
+from seqcast.server.manifest import DecoderSpec, EncoderSpec, Manifest, SpecialTokens, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +88,37 @@ def _check_io(kind: str, declared: list[TensorSpec], actual: list[ort.NodeArg]) 
 
 
 class OnnxModel:
-    """The encoder and decoder sessions of one bundle."""
+    """The encoder and decoder sessions of one bundle, checked against its specs at load."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, options: RuntimeOptions) -> None:
-        self.manifest = manifest
-        self.encoder_spec = manifest.encoder
-        self.decoder_spec = manifest.decoder
-        self.special_tokens = manifest.special_tokens
-        self.encoder = _session(bundle_dir / manifest.encoder.file, options)
-        self.decoder = _session(bundle_dir / manifest.decoder.file, options)
-        for kind, sess, spec in (
-            ("encoder input", self.encoder, manifest.encoder.inputs),
-            ("encoder output", self.encoder, manifest.encoder.outputs),
-            ("decoder input", self.decoder, manifest.decoder.inputs),
-            ("decoder output", self.decoder, manifest.decoder.outputs),
-        ):
-            _check_io(kind, spec, sess.get_inputs() if "input" in kind else sess.get_outputs())
+    def __init__(
+        self,
+        bundle_dir: Path,
+        encoder: EncoderSpec,
+        decoder: DecoderSpec,
+        special_tokens: SpecialTokens,
+        options: RuntimeOptions,
+    ) -> None:
+        self.encoder_spec = encoder
+        self.decoder_spec = decoder
+        self.special_tokens = special_tokens
+        self.encoder = _session(bundle_dir / encoder.file, options)
+        self.decoder = _session(bundle_dir / decoder.file, options)
+        _check_io("encoder input", encoder.inputs, self.encoder.get_inputs())
+        _check_io("encoder output", encoder.outputs, self.encoder.get_outputs())
+        _check_io("decoder input", decoder.inputs, self.decoder.get_inputs())
+        _check_io("decoder output", decoder.outputs, self.decoder.get_outputs())
         self.provider = self.decoder.get_providers()[0]
-        self._encoder_outputs = [t.name for t in manifest.encoder.outputs]
-        self._decoder_outputs = [t.name for t in manifest.decoder.outputs]
+        self._encoder_outputs = [t.name for t in encoder.outputs]
+        self._decoder_outputs = [t.name for t in decoder.outputs]
+
+    @classmethod
+    def from_manifest(cls, bundle_dir: Path, manifest: Manifest, options: RuntimeOptions) -> "OnnxModel":
+        return cls(bundle_dir, manifest.encoder, manifest.decoder, manifest.special_tokens, options)
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """input_ids, attention_mask (B, S) int64 -> every encoder output by name."""
-        spec = self.manifest.encoder
-        values = self.encoder.run(self._encoder_outputs, {spec.input_ids: input_ids, spec.attention_mask: attention_mask})
-        return dict(zip(self._encoder_outputs, values))
+        feeds = {self.encoder_spec.input_ids: input_ids, self.encoder_spec.attention_mask: attention_mask}
+        return dict(zip(self._encoder_outputs, self.encoder.run(self._encoder_outputs, feeds)))
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One decoder call: every decoder input by name -> every decoder output by name."""

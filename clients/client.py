@@ -1,0 +1,207 @@
+"""Python client for a seqcast server: the `Translation`, `Models` and `grpc.health.v1` services.
+
+Built on the generated stubs in `seqcast.v1` and a plain `grpc.Channel`. Results come back as
+frozen dataclasses rather than protobuf messages, finish reasons as lowercase strings ("eos",
+"length"), and every failed call raises `SeqcastError` carrying the gRPC status code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from seqcast.v1 import seqcast_pb2, seqcast_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class SeqcastError(Exception):
+    """A failed call: the gRPC status code and the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> SeqcastError:
+        # A failed call's RpcError is also a grpc.Call; anything else is reported as UNKNOWN.
+        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = error.details() if isinstance(error, grpc.Call) else str(error)
+        return cls(code, details or "")
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The translation of one request text."""
+
+    text: str
+    finish_reason: str  # "eos" or "length"
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class TranslationChunk:
+    """A piece of one text's translation; joining the pieces of an index gives `Translation.text`."""
+
+    index: int  # position of the text in the request
+    text: str
+    finish_reason: str | None  # set on the last chunk of an index, None before
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server has loaded."""
+
+    name: str
+    version: str
+    task: str  # "translation" or "forecast"
+    architecture: str
+    execution_provider: str
+    max_source_tokens: int
+    max_new_tokens: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    is_default: bool = False  # the server's default translation model
+
+
+def _finish_reason(value: int) -> str:
+    """FINISH_REASON_EOS -> "eos", FINISH_REASON_LENGTH -> "length"."""
+    return seqcast_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
+
+
+class SeqcastClient:
+    """Client for one seqcast server; use as a context manager to close the channel.
+
+    >>> with SeqcastClient("127.0.0.1:50051") as client:
+    ...     client.translate(["Good morning."])[0].text
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, channel: grpc.Channel | None = None) -> None:
+        """Connects lazily to `target`, or uses `channel` (left open on close) when given."""
+        self.target = target
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._translation = seqcast_pb2_grpc.TranslationStub(self._channel)
+        self._models = seqcast_pb2_grpc.ModelsStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> SeqcastClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel if this client created it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Blocks until the channel is connected; raises SeqcastError(UNAVAILABLE) after `timeout` s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SeqcastError(
+                grpc.StatusCode.UNAVAILABLE, f"{self.target} not ready after {timeout:g}s"
+            ) from None
+
+    def translate(
+        self,
+        texts: str | Sequence[str],
+        model: str = "",
+        max_new_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Translation]:
+        """Translates `texts` (one string or several) and returns one result per text, in order.
+
+        `model` empty means the server's default; `max_new_tokens` None means the model's maximum;
+        `timeout` is the call's deadline in seconds.
+        """
+        request = _request(texts, model, max_new_tokens)
+        try:
+            response = self._translation.Translate(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise SeqcastError.from_rpc_error(e) from None
+        return [
+            Translation(r.text, _finish_reason(r.finish_reason), r.input_tokens, r.output_tokens)
+            for r in response.results
+        ]
+
+    def translate_stream(
+        self,
+        texts: str | Sequence[str],
+        model: str = "",
+        max_new_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[TranslationChunk]:
+        """Like `translate`, but yields pieces as they are decoded.
+
+        Pieces of one index arrive in order; pieces of different indices may interleave.
+        Closing the iterator early cancels the call.
+        """
+        call = self._translation.TranslateStream(_request(texts, model, max_new_tokens), timeout=timeout)
+        return _chunks(call)
+
+    def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        """The models the server has loaded; the default translation model has `is_default`."""
+        try:
+            response = self._models.ListModels(seqcast_pb2.ListModelsRequest(), timeout=timeout)
+        except grpc.RpcError as e:
+            raise SeqcastError.from_rpc_error(e) from None
+        return [
+            ModelInfo(
+                name=m.name,
+                version=m.version,
+                task=m.task,
+                architecture=m.architecture,
+                execution_provider=m.execution_provider,
+                max_source_tokens=m.max_source_tokens,
+                max_new_tokens=m.max_new_tokens,
+                metadata=dict(m.metadata),
+                is_default=m.name == response.default_translation_model,
+            )
+            for m in response.models
+        ]
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The serving status of `service` ("" is the whole server), e.g. "SERVING"."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = self._health.Check(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise SeqcastError.from_rpc_error(e) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _request(
+    texts: str | Sequence[str], model: str, max_new_tokens: int | None
+) -> seqcast_pb2.TranslateRequest:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    # Leave the optional field unset for None: the server then uses the model's maximum.
+    return seqcast_pb2.TranslateRequest(model=model, texts=texts, max_new_tokens=max_new_tokens)
+
+
+def _chunks(call: Iterator[seqcast_pb2.TranslateChunk]) -> Iterator[TranslationChunk]:
+    try:
+        for c in call:
+            reason = _finish_reason(c.finish_reason) if c.finish_reason else None
+            yield TranslationChunk(c.index, c.text, reason, c.input_tokens, c.output_tokens)
+    except grpc.RpcError as e:
+        raise SeqcastError.from_rpc_error(e) from None
+    finally:
+        call.cancel()  # a no-op once the stream has ended; frees it when the caller stops early

@@ -1,0 +1,130 @@
+"""Turning a trained run into a bundle: graphs, tokenizer, parity figures, checksums, manifest.
+
+The bundle is assembled in a temporary directory beside its destination and moved into place
+only after every check passed, so a failed export never leaves a half-written bundle where the
+server would look.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+from seqcast.export.corpus import read_split
+from seqcast.export.graphs import graphs_for
+from seqcast.export.onnx_export import OPSET, export_pair, round_weights_fp16
+from seqcast.export.parity import TOLERANCE, check_parity
+from seqcast.export.train import SPECIAL, load_model
+from seqcast.export.transformer import Transformer
+from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest, Parity
+
+log = logging.getLogger(__name__)
+
+PARITY_SENTENCES = 24
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dims(model: torch.nn.Module) -> dict[str, int]:
+    cfg = model.cfg.to_dict()
+    keep = ("vocab_size", "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "embed_dim", "hidden", "attention_dim")
+    dims = {k: int(v) for k, v in cfg.items() if k in keep}
+    if isinstance(model, Transformer):
+        dims["head_dim"] = model.cfg.head_dim
+    return dims
+
+
+def export_bundle(
+    run_dir: Path,
+    models_dir: Path,
+    name: str,
+    version: str,
+    corpus: Path | None = None,
+    max_new_tokens: int = 128,
+    tolerance: float = TOLERANCE,
+    overwrite: bool = False,
+) -> Path:
+    """Exports the best checkpoint of run_dir to models_dir/name/version; returns the bundle path."""
+    model, cfg, tokenizer = load_model(run_dir)
+    corpus = corpus or Path(cfg.corpus)
+    destination = models_dir / name / version
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} exists; choose another --version or pass --overwrite")
+    round_weights_fp16(model)
+    graphs = graphs_for(model)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{version}-") as tmp:
+        work = Path(tmp)
+        export_pair(graphs, work, cfg.vocab_size)
+        shutil.copy(run_dir / "tokenizer.json", work / "tokenizer.json")
+
+        test = read_split(corpus, "test", PARITY_SENTENCES)
+        sources = [e.ids[: cfg.max_tokens - 1] + [SPECIAL.eos] for e in tokenizer.encode_batch([p.en for p in test])]
+        report = check_parity(model, graphs, work, SPECIAL, cfg.vocab_size, sources, tolerance=tolerance)
+        log.info(
+            "parity ok: encoder %.2e, logits %.2e over %d cases; %d sentences decoded identically",
+            report.max_abs_diff_encoder, report.max_abs_diff_logits, report.cases, report.sentences,
+        )
+
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        manifest = Manifest(
+            name=name,
+            version=version,
+            task="translation",
+            architecture=cfg.architecture,
+            dims=_dims(model),
+            special_tokens=SPECIAL,
+            max_source_tokens=cfg.max_tokens,
+            max_new_tokens=max_new_tokens,
+            encoder=graphs.encoder_spec,
+            decoder=graphs.decoder_spec,
+            files={f.name: sha256(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE},
+            export=ExportInfo(
+                torch=torch.__version__,
+                onnx=onnx.__version__,
+                onnxruntime=onnxruntime.__version__,
+                opset=OPSET,
+                weights_dtype="float16",
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ),
+            parity=Parity(
+                tolerance=report.tolerance,
+                max_abs_diff_encoder=report.max_abs_diff_encoder,
+                max_abs_diff_logits=report.max_abs_diff_logits,
+                cases=report.cases,
+                sentences=report.sentences,
+                cached_matches_uncached=report.cached_matches_uncached,
+                onnx_matches_pytorch=report.onnx_matches_pytorch,
+            ),
+            training={
+                "corpus": str(corpus),
+                "config": json.loads((run_dir / "config.json").read_text()),
+                "steps": metrics.get("steps"),
+                "best_dev_loss": metrics.get("best_dev_loss"),
+                "test_pytorch": metrics.get("test"),
+            },
+        )
+        manifest.write(work)
+        if destination.exists():
+            shutil.rmtree(destination)
+        work.rename(destination)
+        # TemporaryDirectory cleanup expects the folder; leave an empty one for it to remove.
+        work.mkdir()
+    log.info("bundle written to %s", destination)
+    return destination

@@ -1,0 +1,81 @@
+"""Assembling the gRPC server: servicers, per-model health, reflection; and running it.
+
+`create_server` is what tests use: it binds (port 0 picks a free port) and returns the started
+server with its port. `serve` is the long-running front end: load bundles, start, log where it
+listens, and on SIGTERM/SIGINT turn health NOT_SERVING and stop after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from seqcast.server.models import ModelRegistry
+from seqcast.server.runtime import RuntimeOptions
+from seqcast.server.service import ModelsServicer, TranslationServicer
+from seqcast.server.settings import ServerSettings
+from seqcast.v1 import seqcast_pb2 as pb
+from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+GRACE_SECONDS = 10.0
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    registry: ModelRegistry
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+        for service in ["", *self.registry.models, *_SERVICES]:
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        self.registry.close()
+
+
+_SERVICES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Models")]
+
+
+def runtime_options(settings: ServerSettings) -> RuntimeOptions:
+    return RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+
+
+async def create_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
+    """Loads the bundles (unless a registry is given), binds, starts; returns the running server."""
+    registry = registry or ModelRegistry.load(settings.model_dir, runtime_options(settings), settings.default_model)
+    server = grpc.aio.server()
+    pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
+    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    # Health per model name, per service, and overall ("").
+    for service in ["", *registry.models, *_SERVICES]:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, registry, health_servicer)
+
+
+async def serve(settings: ServerSettings) -> None:
+    running = await create_server(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    address = f"{settings.host}:{running.port}"
+    log.info("serving %s on %s", ", ".join(f"{n} ({m.runtime.provider})" for n, m in running.registry.models.items()) or "no models", address)
+    print(f"seqcast listening on {address}", flush=True)
+    print(f"  try: seqcast-client --target {address} translate \"Save changes\"", flush=True)
+    await stopping.wait()
+    log.info("stopping: health NOT_SERVING, finishing in-flight requests (grace %.0fs)", GRACE_SECONDS)
+    await running.stop(GRACE_SECONDS)

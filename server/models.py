@@ -1,0 +1,144 @@
+"""Loading bundles: discovery, checksum and graph checks, one decoding worker per model.
+
+Every `models/<name>/<version>/` under the model directory is a candidate; the highest version
+of each name is loaded. A bundle that fails any check (unreadable manifest, missing file,
+checksum mismatch, graphs that differ from the manifest) is refused with one log line naming
+the reason, and the others keep loading and serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from seqcast.server.errors import ModelNotFound
+from seqcast.server.manifest import MANIFEST_FILE, Manifest
+from seqcast.server.runtime import BundleMismatch, OnnxModel, RuntimeOptions
+from seqcast.server.text import TextCodec
+
+log = logging.getLogger(__name__)
+
+
+class BundleRefused(Exception):
+    """A bundle that must not be served; the message says why."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version_key(path: Path) -> tuple[int, int | str]:
+    return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
+
+
+def discover(model_dir: Path) -> list[Path]:
+    """The newest version directory of every model name under model_dir."""
+    found = []
+    for name_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = [v for v in name_dir.iterdir() if v.is_dir() and not v.name.startswith(".")]
+        if versions:
+            found.append(max(versions, key=_version_key))
+    return found
+
+
+def verify_bundle(bundle_dir: Path) -> Manifest:
+    """Reads the manifest and checks every file's sha256; raises BundleRefused on any problem."""
+    try:
+        manifest = Manifest.read(bundle_dir)
+    except FileNotFoundError:
+        raise BundleRefused(f"no {MANIFEST_FILE}") from None
+    except ValidationError as e:
+        raise BundleRefused(f"{MANIFEST_FILE} is not a valid manifest: {e.error_count()} problems, first: {e.errors()[0]['msg']}") from None
+    needed = {manifest.encoder.file, manifest.decoder.file, manifest.tokenizer}
+    if missing := needed - set(manifest.files):
+        raise BundleRefused(f"manifest lists no checksum for {sorted(missing)}")
+    for name, expected in manifest.files.items():
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleRefused(f"file {name} is missing")
+        actual = _sha256(path)
+        if actual != expected:
+            raise BundleRefused(f"checksum mismatch for {name}: manifest {expected[:12]}..., file {actual[:12]}...")
+    return manifest
+
+
+@dataclass
+class LoadedModel:
+    """A servable model: its manifest, sessions, tokenizer and the worker that decodes for it."""
+
+    path: Path
+    manifest: Manifest
+    runtime: OnnxModel
+    codec: TextCodec
+    # One decoding thread per model: ONNX Runtime releases the GIL, the event loop stays free.
+    worker: ThreadPoolExecutor = field(init=False)
+    # Requests admitted and not yet finished (decoding or waiting for the worker).
+    pending: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{self.manifest.name}")
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+def load_model(bundle_dir: Path, options: RuntimeOptions) -> LoadedModel:
+    manifest = verify_bundle(bundle_dir)
+    try:
+        runtime = OnnxModel.from_manifest(bundle_dir, manifest, options)
+    except BundleMismatch as e:
+        raise BundleRefused(str(e)) from None
+    except Exception as e:  # ONNX Runtime's own load errors (corrupt graph, unsupported op)
+        raise BundleRefused(f"ONNX Runtime could not load it: {e}") from None
+    codec = TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos)
+    return LoadedModel(bundle_dir, manifest, runtime, codec)
+
+
+class ModelRegistry:
+    def __init__(self, models: list[LoadedModel], default_model: str = "") -> None:
+        self.models = {m.name: m for m in models}
+        if default_model and default_model not in self.models:
+            raise ValueError(f"default model {default_model!r} is not loaded (loaded: {sorted(self.models)})")
+        translation = sorted(n for n, m in self.models.items() if m.manifest.task == "translation")
+        self.default_translation = default_model or ("en-de" if "en-de" in translation else (translation or [""])[0])
+
+    @classmethod
+    def load(cls, model_dir: Path, options: RuntimeOptions, default_model: str = "") -> "ModelRegistry":
+        loaded = []
+        for bundle_dir in discover(model_dir):
+            try:
+                model = load_model(bundle_dir, options)
+            except BundleRefused as e:
+                log.error("refusing bundle %s: %s", bundle_dir, e)
+                continue
+            log.info(
+                "loaded %s version %s (%s, %s) on %s",
+                model.name, model.manifest.version, model.manifest.task, model.manifest.architecture, model.runtime.provider,
+            )
+            loaded.append(model)
+        if not loaded:
+            log.warning("no servable bundle under %s", model_dir)
+        return cls(loaded, default_model)
+
+    def get(self, name: str) -> LoadedModel:
+        name = name or self.default_translation
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {sorted(self.models) or 'none'}") from None
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.worker.shutdown(wait=True)

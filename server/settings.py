@@ -1,0 +1,68 @@
+"""Server settings: one frozen object, built once at start-up and passed down.
+
+Sources, highest priority first: command-line flags, environment variables (`SEQCAST_PORT=...`),
+a TOML file (`--config seqcast.toml` or `SEQCAST_CONFIG`), the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEQCAST_", frozen=True, extra="forbid")
+
+    # Where to listen. Port 0 picks a free port (printed at start-up).
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+
+    # Bundles: every models/<name>/<version>/ below this directory; the highest version per name.
+    model_dir: Path = Path("models")
+    # Model used when a request names none; empty: "en-de" if loaded, else the first by name.
+    default_model: str = ""
+
+    # ONNX Runtime: "auto" uses CUDA where onnxruntime-gpu and a GPU are present.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(1, ge=1)
+    allow_spinning: bool = False
+
+    # Request limits. Texts longer than max_input_chars, or longer than the model's
+    # max_source_tokens once tokenized, are refused with INVALID_ARGUMENT (never truncated).
+    max_texts_per_request: int = Field(64, ge=1)
+    max_input_chars: int = Field(2000, ge=1)
+    # Requests waiting per model beyond the one decoding; more get RESOURCE_EXHAUSTED at once.
+    max_queued_requests: int = Field(64, ge=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # TOML file read below the environment; set by --config or SEQCAST_CONFIG.
+    config: Path | None = None
+
+    @model_validator(mode="after")
+    def _model_dir_exists(self) -> "ServerSettings":
+        if not self.model_dir.is_dir():
+            raise ValueError(f"model_dir {self.model_dir} is not a directory")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        import os
+
+        config = init_settings.init_kwargs.get("config") or os.environ.get("SEQCAST_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            if not Path(config).is_file():
+                raise ValueError(f"config file {config} does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)

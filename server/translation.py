@@ -1,0 +1,161 @@
+"""Translation requests: validation, admission, and running greedy decoding on the model's worker.
+
+Over-long input is refused, never truncated: a text over `max_input_chars` characters, or over
+the model's `max_source_tokens` once tokenized, gets INVALID_ARGUMENT naming the text's index,
+so a caller never receives a translation of half a sentence without knowing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from seqcast.server.decoding import Finish, greedy_decode
+from seqcast.server.errors import DeadlineExceeded, InvalidArgument, Overloaded
+from seqcast.server.models import LoadedModel
+from seqcast.server.settings import ServerSettings
+from seqcast.server.text import StreamDetokenizer
+
+
+@dataclass(frozen=True)
+class TranslateJob:
+    model: LoadedModel
+    sources: list[list[int]]  # token ids per text, end-of-sequence included
+    limits: list[int]  # most new tokens per text
+    # Absolute time.monotonic() after which decoding stops; None = no deadline.
+    deadline: float | None
+
+
+@dataclass
+class Output:
+    """One text's result; `finish` is set once its sequence ended."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish: Finish | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A streamed piece of text `index`; `finish` set on its last piece."""
+
+    index: int
+    text: str
+    finish: Finish | None
+    output_tokens: int
+
+
+def prepare(
+    model: LoadedModel,
+    texts: Sequence[str],
+    max_new_tokens: int | None,
+    settings: ServerSettings,
+    time_remaining: float | None,
+) -> TranslateJob:
+    """Checks a request against the settings and the model's limits; raises InvalidArgument."""
+    name, most = model.name, model.manifest.max_new_tokens
+    if not texts:
+        raise InvalidArgument("texts is empty: send at least one text to translate")
+    if len(texts) > settings.max_texts_per_request:
+        raise InvalidArgument(f"{len(texts)} texts in one request; at most {settings.max_texts_per_request} are accepted: split the request")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidArgument(f"texts[{i}] is empty: every text must contain something to translate")
+        if len(text) > settings.max_input_chars:
+            raise InvalidArgument(
+                f"texts[{i}] has {len(text)} characters; at most {settings.max_input_chars} are accepted: "
+                "split the text into sentences and send them as separate texts"
+            )
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= most:
+        raise InvalidArgument(f"max_new_tokens must be between 1 and {most} for model {name}, got {max_new_tokens}")
+    sources = model.codec.encode(texts)
+    for i, ids in enumerate(sources):
+        if len(ids) > model.manifest.max_source_tokens:
+            raise InvalidArgument(
+                f"texts[{i}] is {len(ids)} tokens long; model {name} accepts at most "
+                f"{model.manifest.max_source_tokens}: split the text into sentences and send them as separate texts"
+            )
+    deadline = None if time_remaining is None else time.monotonic() + time_remaining
+    return TranslateJob(model, sources, [max_new_tokens or most] * len(texts), deadline)
+
+
+class _Admission:
+    """Counts a model's admitted requests; past the bound a request is refused at once."""
+
+    def __init__(self, model: LoadedModel, max_queued: int) -> None:
+        self.model, self.max_queued = model, max_queued
+
+    def __enter__(self) -> None:
+        with self.model.lock:
+            # One request decodes; up to max_queued wait behind it.
+            if self.model.pending > self.max_queued:
+                raise Overloaded(
+                    f"model {self.model.name} has {self.model.pending} requests in flight (limit "
+                    f"{self.max_queued + 1}); retry with backoff"
+                )
+            self.model.pending += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.model.lock:
+            self.model.pending -= 1
+
+
+async def _run(job: TranslateJob, settings: ServerSettings, stop: threading.Event, on_token: Callable[[int, int | None, Finish | None], None]) -> None:
+    def should_stop() -> bool:
+        return stop.is_set() or (job.deadline is not None and time.monotonic() > job.deadline)
+
+    def decode() -> None:
+        greedy_decode(job.model.runtime, job.sources, job.limits, on_token, should_stop)
+
+    with _Admission(job.model, settings.max_queued_requests):
+        await asyncio.get_running_loop().run_in_executor(job.model.worker, decode)
+    if job.deadline is not None and time.monotonic() > job.deadline and not stop.is_set():
+        raise DeadlineExceeded("the deadline passed before decoding finished; raise the deadline or lower max_new_tokens")
+
+
+async def translate(job: TranslateJob, settings: ServerSettings, stop: threading.Event) -> list[Output]:
+    """Decodes every text of the job; `stop` set (client gone) ends decoding at the next step."""
+    outputs = [Output() for _ in job.sources]
+
+    def on_token(row: int, token: int | None, finish: Finish | None) -> None:
+        if token is not None:
+            outputs[row].tokens.append(token)
+        outputs[row].finish = finish
+
+    await _run(job, settings, stop, on_token)
+    return outputs
+
+
+async def translate_stream(job: TranslateJob, settings: ServerSettings, stop: threading.Event) -> AsyncIterator[Piece]:
+    """Yields text pieces as tokens are decoded; each text's last piece carries its finish."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, int | None, Finish | None] | BaseException | None] = asyncio.Queue()
+
+    def on_token(row: int, token: int | None, finish: Finish | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (row, token, finish))
+
+    async def run() -> None:
+        try:
+            await _run(job, settings, stop, on_token)
+            queue.put_nowait(None)
+        except BaseException as e:  # handed to the consumer below, which re-raises it
+            queue.put_nowait(e)
+
+    task = asyncio.create_task(run())
+    detokenizers = [StreamDetokenizer(job.model.codec) for _ in job.sources]
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            row, token, finish = item
+            if finish is Finish.STOPPED:
+                continue
+            text = detokenizers[row].push(token) if token is not None else ""
+            if finish is not None:
+                text += detokenizers[row].finish()
+            yield Piece(row, text, finish, len(detokenizers[row].ids))
+    finally:
+        # The caller stopped reading (or something failed): decoding ends within one step.
+        stop.set()
