@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny models trained and exported once per session through the real CLI,
+and a real gRPC server on 127.0.0.1 serving them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from seqcast.server.app import RunningServer, create_server
+from seqcast.server.cli import main as seqcast
+from seqcast.server.settings import ServerSettings
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "en-de"
+
+# Small enough to train in well under a minute on 2 cores, trained enough that greedy decoding
+# produces real token sequences (not just end-of-sequence), which the token-equality tests need.
+_TINY = ["--vocab-size", "1000", "--d-model", "64", "--n-heads", "4", "--layers", "2", "--d-ff", "128",
+         "--train-limit", "20000", "--test-limit", "24", "--batch-tokens", "2500", "--lr", "3e-3",
+         "--warmup-steps", "30", "--eval-every", "150", "--threads", "2", "--corpus", str(CORPUS)]
+TINY_MODELS = {"tiny-transformer": ["--architecture", "transformer", "--steps", "150"],
+               "tiny-gru": ["--architecture", "gru-attention", "--steps", "150", "--dropout", "0.1"]}
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Training run directories by model name."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, args in TINY_MODELS.items():
+        assert seqcast(["--log-level", "WARNING", "train", "--run-dir", str(root / name), *_TINY, *args]) == 0
+    return {name: root / name for name in TINY_MODELS}
+
+
+@pytest.fixture(scope="session")
+def model_dir(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory holding one exported bundle per tiny model."""
+    root = tmp_path_factory.mktemp("models")
+    for name, run_dir in runs.items():
+        assert seqcast(["--log-level", "WARNING", "export", "--run-dir", str(run_dir), "--models-dir", str(root), "--name", name]) == 0
+    return root
+
+
+class ServerThread:
+    """A real grpc.aio server running on its own event loop in a background thread."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.running: RunningServer = self._call(create_server(settings))
+        self.target = f"127.0.0.1:{self.running.port}"
+
+    def _call(self, coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    def stop(self) -> None:
+        self._call(self.running.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def start_server(model_dir: Path, **overrides: object) -> ServerThread:
+    return ServerThread(ServerSettings(model_dir=model_dir, port=0, default_model="tiny-transformer", **overrides))
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path) -> Iterator[ServerThread]:
+    srv = start_server(model_dir)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+@pytest.fixture()
+def copy_models(model_dir: Path, tmp_path: Path):
+    """Copies the session's bundles into a fresh directory the test may damage."""
+
+    def copy() -> Path:
+        target = tmp_path / "models"
+        shutil.copytree(model_dir, target)
+        return target
+
+    return copy

@@ -1,0 +1,95 @@
+"""The decoding loop driven by a scripted runtime: rows leave as they finish, state follows rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqcast.server.decoding import Finish, greedy_decode
+from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, StaticSpec, TensorSpec
+
+VOCAB, EOS = 10, 2
+
+
+class ScriptedRuntime:
+    """Row r emits script[r] token by token, then end-of-sequence.
+
+    The "KV cache" holds every token each row was fed, so the test can check that state,
+    positions and masks stay with their rows while others leave the batch.
+    """
+
+    def __init__(self, scripts: list[list[int]]) -> None:
+        self.scripts = scripts
+        self.encoder_spec = EncoderSpec(
+            inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", "source_length"]),
+                    TensorSpec(name="encoder_attention_mask", dtype="int64", shape=["batch", "source_length"])],
+            outputs=[TensorSpec(name="row_id", dtype="float32", shape=["batch", 1])],
+        )
+        self.decoder_spec = DecoderSpec(
+            position_ids="position_ids",
+            attention_mask="decoder_attention_mask",
+            state=[StateSpec(input="past", output="present", init="empty", seq_axis=1)],
+            static=[StaticSpec(input="row_id", source="row_id")],
+            inputs=[TensorSpec(name="past", dtype="float32", shape=["batch", "past_length"])],
+            outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 1, VOCAB])],
+        )
+        self.special_tokens = SpecialTokens(pad=0, bos=1, eos=EOS)
+        self.calls: list[int] = []
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        # The source's first token is the row id in these tests.
+        return {"row_id": input_ids[:, :1].astype(np.float32)}
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = feeds["row_id"][:, 0].astype(int)
+        past = feeds["past"]
+        positions = feeds["position_ids"][:, 0]
+        self.calls.append(len(rows))
+        assert feeds["decoder_attention_mask"].shape == (len(rows), past.shape[1] + 1)
+        assert (positions == past.shape[1]).all()
+        logits = np.zeros((len(rows), 1, VOCAB), dtype=np.float32)
+        for i, row in enumerate(rows):
+            fed = list(past[i].astype(int)) + [int(feeds["input_ids"][i, 0])]
+            script = self.scripts[row]
+            # The cache of this row holds exactly what it was fed: BOS then its own script.
+            assert fed == [1] + script[: len(fed) - 1], (row, fed)
+            nxt = script[len(fed) - 1] if len(fed) - 1 < len(script) else EOS
+            logits[i, 0, nxt] = 1.0
+        present = np.concatenate([past, feeds["input_ids"].astype(np.float32)], axis=1)
+        return {"logits": logits, "present": present}
+
+
+def run(scripts, limits, stop_after=None):
+    runtime = ScriptedRuntime(scripts)
+    events: dict[int, list] = {i: [] for i in range(len(scripts))}
+    steps = iter(range(10_000))
+    timings = greedy_decode(
+        runtime,
+        [[i, EOS] for i in range(len(scripts))],
+        limits,
+        lambda row, token, finish: events[row].append((token, finish)),
+        should_stop=lambda: stop_after is not None and next(steps) >= stop_after,
+    )
+    return runtime, events, timings
+
+
+def test_each_row_gets_its_own_tokens_and_leaves_at_end_of_sequence() -> None:
+    scripts = [[5, 6, 7], [8], [3, 4, 5, 6, 7, 8]]
+    runtime, events, timings = run(scripts, [20, 20, 20])
+    for row, script in enumerate(scripts):
+        assert [t for t, _ in events[row]] == script + [None]
+        assert [f for _, f in events[row]] == [None] * len(script) + [Finish.EOS]
+    # Rows leave the batch as soon as they finish: 3 rows, then 2, then 1.
+    assert runtime.calls == [3, 3, 2, 2, 1, 1, 1]
+    assert timings.rows_per_step == runtime.calls
+
+
+def test_the_token_limit_ends_a_row_with_length() -> None:
+    _, events, _ = run([[5, 6, 7, 8], [9]], [2, 2])
+    assert events[0] == [(5, None), (6, Finish.LENGTH)]
+    assert events[1] == [(9, None), (None, Finish.EOS)]
+
+
+def test_should_stop_ends_every_remaining_row() -> None:
+    _, events, _ = run([[5, 6, 7, 8], [9, 9, 9, 9]], [10, 10], stop_after=2)
+    assert events[0] == [(5, None), (6, None), (None, Finish.STOPPED)]
+    assert events[1] == [(9, None), (9, None), (None, Finish.STOPPED)]
