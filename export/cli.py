@@ -10,37 +10,29 @@ import dataclasses
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
-from typing import get_args
 
 log = logging.getLogger(__name__)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from seqcast.export.train import TrainConfig  # light: dataclass + torch import deferred below
+    from seqcast.export.train import TrainConfig
 
     p = sub.add_parser("train", help="train a translation model (progress bar, dev loss, checkpoints, resume)")
     p.add_argument("--run-dir", type=Path, required=True, help="where checkpoints, tokenizer and metrics go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
+    # One flag per TrainConfig field, typed from its annotation (`int | None` takes an int).
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        kind = f.type if isinstance(f.type, type) else str
-        if f.name == "architecture":
-            p.add_argument("--architecture", choices=["transformer", "gru-attention"], default=f.default)
-            continue
-        if f.name in ("train_limit", "test_limit"):
-            kind = int
-        if f.name == "bf16":
-            p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=f.default)
-            continue
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=_FIELD_TYPES.get(f.name, kind), default=f.default)
-
-
-_FIELD_TYPES = {
-    "corpus": str, "vocab_size": int, "d_model": int, "n_heads": int, "layers": int, "d_ff": int, "dropout": float,
-    "max_tokens": int, "steps": int, "batch_tokens": int, "lr": float, "warmup_steps": int,
-    "label_smoothing": float, "weight_decay": float, "clip_norm": float, "seed": int, "eval_every": int,
-    "checkpoint_every": int, "train_limit": int, "test_limit": int, "threads": int,
-}
+        flag, kind = f"--{f.name.replace('_', '-')}", hints[f.name]
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif typing.get_origin(kind) is typing.Literal:
+            p.add_argument(flag, choices=typing.get_args(kind), default=f.default)
+        else:
+            scalar = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+            p.add_argument(flag, type=scalar, default=f.default)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -80,11 +72,50 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build the en-de corpus from fetched gettext catalogs and trans-de-en")
+    p.add_argument("--sources", type=Path, default=Path(".cache/corpus-sources"), help="filled by scripts/fetch_corpus_sources.sh")
+    p.add_argument("--out", type=Path, default=Path("data/en-de"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the split by source package")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from seqcast.export import data
+
+    return data.main(["--sources", str(args.sources), "--out", str(args.out), "--seed", str(args.seed)])
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="chrF and BLEU of bundles on a corpus split, decoded the way the server does")
+    p.add_argument("bundles", type=Path, nargs="*", help="bundle directories, e.g. models/en-de/1")
+    p.add_argument("--corpus", type=Path, default=Path("data/en-de"))
+    p.add_argument("--split", default="test", choices=["dev", "test"])
+    p.add_argument("--limit", type=int, help="score only the first N sentences")
+    p.add_argument("--baseline", action="store_true", help="also score nearest-neighbour retrieval from the training split")
+    p.add_argument("--json", type=Path, help="also write the scores to this file")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from seqcast.export.evaluate import evaluate
+
+    scores = evaluate(args.bundles, args.corpus, args.split, args.baseline, args.limit)
+    print(f"{args.split} split of {args.corpus}:")
+    print("| system | chrF | BLEU | sentences | seconds |\n|---|---|---|---|---|")
+    for s in scores:
+        print(s.row())
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(s) for s in scores], indent=2) + "\n")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the export-path subcommands on the `seqcast` parser."""
+    _add_data(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_evaluate(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"train": _run_train, "export": _run_export}[args.command](args)
+    commands = {"data": _run_data, "train": _run_train, "export": _run_export, "evaluate": _run_evaluate}
+    return commands[args.command](args)

@@ -1,0 +1,40 @@
+# seqcast: `make serve` serves the bundled models, `make test` runs the whole test suite.
+# Both set themselves up in .venv on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 50051
+
+.PHONY: serve demo test bench protos clean
+
+# Runtime only (ONNX Runtime, gRPC, tokenizers): no torch.
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# Training, export and test tools on top (torch==2.13.0 CPU).
+$(VENV)/.dev: $(VENV)/.runtime pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+serve: $(VENV)/.runtime
+	$(BIN)/seqcast serve --model-dir models --port $(PORT)
+
+# Starts the server, answers a demo translation (unary and streamed), stops it.
+demo: $(VENV)/.runtime
+	$(BIN)/python scripts/demo.py --port $(PORT)
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/decode_speed.py
+
+protos: $(VENV)/.dev
+	PATH=$(CURDIR)/$(BIN):$$PATH bash protos/generate.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache
