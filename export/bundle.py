@@ -7,7 +7,6 @@ server would look.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -26,18 +25,11 @@ from seqcast.export.parity import TOLERANCE, check_parity
 from seqcast.export.train import SPECIAL, load_model
 from seqcast.export.transformer import Transformer
 from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest, Parity
+from seqcast.server.models import sha256
 
 log = logging.getLogger(__name__)
 
 PARITY_SENTENCES = 24
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dims(model: torch.nn.Module) -> dict[str, int]:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from seqcast.export.train import TrainConfig
+    from seqcast.export.config import TrainConfig
 
     p = sub.add_parser("train", help="train a translation model (progress bar, dev loss, checkpoints, resume)")
     p.add_argument("--run-dir", type=Path, required=True, help="where checkpoints, tokenizer and metrics go")
@@ -36,7 +36,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from seqcast.export.train import TrainConfig, train
+    from seqcast.export.config import TrainConfig
+    from seqcast.export.train import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -118,4 +119,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     commands = {"data": _run_data, "train": _run_train, "export": _run_export, "evaluate": _run_evaluate}
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "onnx", "sacrebleu", "polib", "sklearn", "tqdm"):
+            print(f"error: seqcast {args.command} needs the training extras ({e.name} is missing): "
+                  "pip install -e '.[train]'", file=sys.stderr)
+            return 2
+        raise

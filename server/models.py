@@ -29,7 +29,8 @@ class BundleRefused(Exception):
     """A bundle that must not be served; the message says why."""
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, as recorded in manifests."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -66,7 +67,7 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
         path = bundle_dir / name
         if not path.is_file():
             raise BundleRefused(f"file {name} is missing")
-        actual = _sha256(path)
+        actual = sha256(path)
         if actual != expected:
             raise BundleRefused(f"checksum mismatch for {name}: manifest {expected[:12]}..., file {actual[:12]}...")
     return manifest

@@ -16,7 +16,7 @@ from seqcast.export.parity import TOLERANCE, default_cases, decode_all, graph_pa
 from seqcast.export.train import SPECIAL, load_model
 from seqcast.server.cli import main as seqcast
 from seqcast.server.manifest import Manifest
-from seqcast.server.models import BundleRefused, load_model as load_bundle
+from seqcast.server.models import BundleRefused, load_model as load_bundle, sha256
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
 from conftest import CORPUS, TINY_MODELS
@@ -96,8 +96,6 @@ def test_a_graph_with_a_fixed_axis_is_refused_at_load(copy_models) -> None:
     graph_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4  # batch fixed to 4
     onnx.save(graph_model, str(path))
     manifest = json.loads((bundle / "manifest.json").read_text())
-    from seqcast.export.bundle import sha256
-
     manifest["files"]["decoder.onnx"] = sha256(path)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleRefused, match="symbolic 'batch' but the graph fixed it to 4"):

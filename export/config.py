@@ -1,0 +1,76 @@
+"""Training configuration: one frozen record per run, saved as the run's config.json.
+
+Free of torch imports so that the command line (and the torch-free server image) can read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+Architecture = Literal["transformer", "gru-attention"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    architecture: Architecture = "transformer"
+    corpus: str = "data/en-de"
+    # Model size (transformer: d_model/heads/layers/d_ff; GRU: embed/hidden from d_model).
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    # Sentences longer than this many tokens are left out of training; the bundle's input limit.
+    max_tokens: int = 128
+    # Optimisation.
+    steps: int = 20000
+    batch_tokens: int = 6000
+    lr: float = 1e-3
+    warmup_steps: int = 1000
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    # bf16 autocast for the forward pass (float32 master weights): about 2x faster on CPUs with
+    # AVX-512 BF16 or AMX, slower on CPUs without.
+    bf16: bool = True
+    seed: int = 0
+    # Book-keeping.
+    eval_every: int = 1000
+    checkpoint_every: int = 500
+    # Use only the first N training pairs (quick runs and tests); None = all.
+    train_limit: int | None = None
+    # Test sentences scored at the end (None = the whole test split).
+    test_limit: int | None = None
+    threads: int = 2
+
+    def build_model(self) -> "torch.nn.Module":
+        # Imported here: the configuration (and `seqcast --help`) must not need torch.
+        from seqcast.export.gru import GruAttention, GruConfig
+        from seqcast.export.transformer import Transformer, TransformerConfig
+
+        if self.architecture == "transformer":
+            return Transformer(
+                TransformerConfig(
+                    vocab_size=self.vocab_size,
+                    d_model=self.d_model,
+                    n_heads=self.n_heads,
+                    encoder_layers=self.layers,
+                    decoder_layers=self.layers,
+                    d_ff=self.d_ff,
+                    dropout=self.dropout,
+                )
+            )
+        return GruAttention(
+            GruConfig(
+                vocab_size=self.vocab_size,
+                embed_dim=self.d_model,
+                hidden=self.d_model,
+                attention_dim=self.d_model,
+                dropout=self.dropout,
+            )
+        )
