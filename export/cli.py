@@ -41,7 +41,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    metrics = train(cfg, args.run_dir, resume=args.resume)
+    try:
+        metrics = train(cfg, args.run_dir, resume=args.resume)
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"test": metrics["test"], "best_dev_loss": metrics["best_dev_loss"]}))
     return 0
 
@@ -69,6 +73,9 @@ def _run_export(args: argparse.Namespace) -> int:
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 

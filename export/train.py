@@ -32,6 +32,8 @@ from seqcast.server.manifest import SpecialTokens
 log = logging.getLogger(__name__)
 
 SPECIAL = SpecialTokens(pad=PAD_ID, bos=BOS_ID, eos=EOS_ID)
+# Settings a resumed run may change.
+_RESUMABLE = {"steps", "eval_every", "checkpoint_every", "test_limit", "threads"}
 
 
 @dataclass
@@ -131,8 +133,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     last = run_dir / "last.pt"
     if resume and last.exists():
         saved = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
-        if saved != cfg:
-            raise ValueError(f"--resume with a different configuration than {run_dir / 'config.json'}")
+        # Only the length of the run may change on resume (to extend it); anything else would
+        # mix two experiments in one run directory.
+        changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUMABLE and asdict(saved)[k] != v)
+        if changed:
+            raise ValueError(f"--resume with settings that differ from {run_dir / 'config.json'}: {', '.join(changed)}")
     elif last.exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another directory")
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
