@@ -20,10 +20,11 @@ $(VENV)/.dev: $(VENV)/.runtime pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# Serves the bundled models, answers a demo translation through the server, keeps serving.
 serve: $(VENV)/.runtime
-	$(BIN)/seqcast serve --model-dir models --port $(PORT)
+	$(BIN)/python scripts/demo.py --port $(PORT) --keep-serving
 
-# Starts the server, answers a demo translation (unary and streamed), stops it.
+# The same demo, then stops the server.
 demo: $(VENV)/.runtime
 	$(BIN)/python scripts/demo.py --port $(PORT)
 

@@ -1,11 +1,18 @@
-"""Starts `seqcast serve` on the bundled models, asks for a demo translation, and stops it."""
+"""Starts `seqcast serve` on the bundled models and answers a demo translation through it.
+
+`make demo` stops the server afterwards; `make serve` (`--keep-serving`) keeps it running,
+relaying its log, until Ctrl-C or SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from seqcast.client import SeqcastClient
@@ -13,40 +20,65 @@ from seqcast.client import SeqcastClient
 DEMO_TEXTS = ["Save changes", "The file could not be opened.", "Delete %(count)s selected items?"]
 
 
+def _relay(stream) -> None:  # noqa: ANN001 - a text stream
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _demo(target: str) -> None:
+    with SeqcastClient(target) as client:
+        client.wait_ready(30)
+        for model in client.list_models():
+            print(f"model {model.name} v{model.version}: {model.architecture} on {model.execution_provider}")
+        print("\ntranslate (unary):")
+        for text, result in zip(DEMO_TEXTS, client.translate(DEMO_TEXTS)):
+            print(f"  {text}\n    -> {result.text}")
+        print("\ntranslate (streamed, pieces separated by |):\n  ", end="")
+        for chunk in client.translate_stream(DEMO_TEXTS[1]):
+            print(chunk.text, end="|", flush=True)
+        print()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--model-dir", default="models")
+    parser.add_argument("--keep-serving", action="store_true", help="keep the server running after the demo")
     args = parser.parse_args()
     seqcast = Path(sys.executable).with_name("seqcast")
     server = subprocess.Popen(
         [seqcast, "serve", "--model-dir", args.model_dir, "--port", str(args.port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    # SIGTERM ends this script the way Ctrl-C does, so the server is stopped in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        target = None
         for line in server.stdout:
             sys.stdout.write(line)
             if m := re.search(r"listening on (\S+)", line):
                 target = m.group(1)
                 break
-        else:
-            print("error: the server exited before listening", file=sys.stderr)
+        if target is None:
+            print("error: the server exited before listening (see its log above)", file=sys.stderr)
             return 1
-        with SeqcastClient(target) as client:
-            client.wait_ready(30)
-            for model in client.list_models():
-                print(f"model {model.name} v{model.version}: {model.architecture} on {model.execution_provider}")
-            print("\ntranslate (unary):")
-            for text, result in zip(DEMO_TEXTS, client.translate(DEMO_TEXTS)):
-                print(f"  {text}\n    -> {result.text}")
-            print("\ntranslate (streamed, piece by piece):\n  ", end="")
-            for chunk in client.translate_stream(DEMO_TEXTS[1]):
-                print(chunk.text, end="|", flush=True)
-            print()
+        threading.Thread(target=_relay, args=(server.stdout,), daemon=True).start()
+        _demo(target)
+        if args.keep_serving:
+            client = shutil.which("seqcast-client") or "seqcast-client"
+            print(f"\nserving on {target} until Ctrl-C. From another shell:\n"
+                  f"  {client} --target {target} translate \"Save changes\"\n"
+                  f"  {client} --target {target} translate --stream \"Open the file\"\n"
+                  f"  {client} --target {target} models", flush=True)
+            return server.wait()
+        return 0
+    except KeyboardInterrupt:
         return 0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -173,3 +176,29 @@ def test_seqcast_serve_starts_answers_and_stops_on_sigterm(model_dir: Path) -> N
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+def test_a_full_queue_answers_resource_exhausted_without_waiting(model_dir: Path) -> None:
+    srv = start_server(model_dir, max_queued_requests=0)
+    model = srv.running.registry.models["tiny-transformer"]
+    release = threading.Event()
+    model.worker.submit(release.wait)  # the model's decoding worker is busy until released
+    try:
+        with SeqcastClient(srv.target) as client, ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.translate, "Open file", max_new_tokens=4)
+            deadline = time.monotonic() + 30
+            while model.pending < 1 and time.monotonic() < deadline:  # admitted, waiting for the worker
+                time.sleep(0.01)
+            assert model.pending == 1
+            # Refused while the worker is still blocked: the answer did not wait for it.
+            with pytest.raises(SeqcastError) as err:
+                client.translate("Save changes", max_new_tokens=4, timeout=30)
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "requests in flight (limit 1); retry with backoff" in err.value.message
+            assert not release.is_set() and not first.done()
+            release.set()
+            assert len(first.result(timeout=30)) == 1  # the admitted request is served
+            assert client.translate("Save changes", max_new_tokens=4)  # and the server goes on
+    finally:
+        release.set()
+        srv.stop()
