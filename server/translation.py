@@ -102,7 +102,11 @@ class _Admission:
             self.model.pending -= 1
 
 
-async def _run(job: TranslateJob, settings: ServerSettings, stop: threading.Event, on_token: Callable[[int, int | None, Finish | None], None]) -> None:
+OnToken = Callable[[int, int | None, Finish | None], None]
+
+
+async def _run(job: TranslateJob, settings: ServerSettings, stop: threading.Event, on_token: OnToken) -> None:
+    """Admits the job, decodes it on the model's worker thread, maps a passed deadline."""
     def should_stop() -> bool:
         return stop.is_set() or (job.deadline is not None and time.monotonic() > job.deadline)
 
@@ -143,6 +147,7 @@ async def translate_stream(job: TranslateJob, settings: ServerSettings, stop: th
         except BaseException as e:  # handed to the consumer below, which re-raises it
             queue.put_nowait(e)
 
+    # Held so the task is not garbage-collected while it runs (asyncio keeps weak references).
     task = asyncio.create_task(run())
     detokenizers = [StreamDetokenizer(job.model.codec) for _ in job.sources]
     try:
@@ -159,3 +164,4 @@ async def translate_stream(job: TranslateJob, settings: ServerSettings, stop: th
     finally:
         # The caller stopped reading (or something failed): decoding ends within one step.
         stop.set()
+        del task
