@@ -172,6 +172,38 @@ def graphs_for(model: nn.Module) -> GraphPair:
     raise TypeError(f"no export graphs for {type(model).__name__}")
 
 
+# --- inputs for tracing and parity checks ---------------------------------------------------------
+
+
+def sample_inputs(
+    specs: list[TensorSpec], sizes: dict[str, int], vocab_size: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Valid inputs for `specs` with every symbolic axis at `sizes[axis name]`.
+
+    Sources are right-padded (row 0 full, the others shorter); the cache mask has holes in the
+    past for rows after the first, as rows that joined a running batch leave them; positions
+    continue after the past.
+    """
+    batch, source, past = sizes["batch"], sizes["source_length"], sizes["past_length"]
+    lengths = np.concatenate([[source], rng.integers(1, source + 1, batch - 1)])
+    feeds = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else sizes[d] for d in spec.shape]
+        if spec.dtype == "float32":
+            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+        elif spec.name == "encoder_attention_mask":
+            feeds[spec.name] = (np.arange(shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        elif spec.name == "decoder_attention_mask":
+            mask = np.ones(shape, dtype=np.int64)
+            mask[1:, : past // 2] = 0
+            feeds[spec.name] = mask
+        elif spec.name == "position_ids":
+            feeds[spec.name] = np.repeat((past + np.arange(shape[1]))[None, :], shape[0], axis=0).astype(np.int64)
+        else:  # token ids
+            feeds[spec.name] = rng.integers(4, vocab_size, shape).astype(np.int64)
+    return feeds
+
+
 # --- PyTorch behind the runtime interface --------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from seqcast.export.graphs import GraphPair
+from seqcast.export.graphs import GraphPair, sample_inputs
 from seqcast.server.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -44,20 +44,9 @@ def round_weights_fp16(model: nn.Module) -> None:
 
 
 def example_inputs(specs: list[TensorSpec], vocab_size: int) -> tuple[torch.Tensor, ...]:
-    """Inputs matching `specs`, every symbolic axis at its example size (>= 2)."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for spec in specs:
-        shape = [d if isinstance(d, int) else _EXAMPLE_SIZES[d] for d in spec.shape]
-        if spec.dtype == "float32":
-            out.append(torch.randn(*shape, generator=g))
-        elif "mask" in spec.name:
-            out.append(torch.ones(*shape, dtype=torch.long))
-        elif "position" in spec.name:
-            out.append(torch.arange(shape[1]).expand(*shape).contiguous())
-        else:
-            out.append(torch.randint(4, vocab_size, shape, generator=g))
-    return tuple(out)
+    """Tracing inputs matching `specs`, every symbolic axis at its example size (>= 2)."""
+    feeds = sample_inputs(specs, _EXAMPLE_SIZES, vocab_size, np.random.default_rng(0))
+    return tuple(torch.from_numpy(feeds[s.name]) for s in specs)
 
 
 def _dynamic_shapes(module: nn.Module, specs: list[TensorSpec]) -> tuple[object, ...]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqcast.export.graphs import GraphPair, TorchRuntime
+from seqcast.export.graphs import GraphPair, TorchRuntime, sample_inputs
 from seqcast.server.decoding import Finish, greedy_decode
 from seqcast.server.manifest import SpecialTokens, TensorSpec
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
@@ -73,27 +73,7 @@ def _case_inputs(specs: list[TensorSpec], case: Case, vocab: int, rng: np.random
         "past_length": case.past_length,
         "past_and_new": case.past_length + case.new_tokens,
     }
-    # Row 0 uses the full source; the others are padded to random shorter lengths.
-    lengths = np.concatenate([[case.source_length], rng.integers(1, case.source_length + 1, case.batch - 1)])
-    feeds = {}
-    for spec in specs:
-        shape = [d if isinstance(d, int) else sizes[d] for d in spec.shape]
-        if spec.dtype == "float32":
-            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
-        elif spec.name in ("input_ids",) and len(shape) == 2 and spec.shape[1] == "source_length":
-            feeds[spec.name] = rng.integers(4, vocab, shape).astype(np.int64)
-        elif spec.name == "encoder_attention_mask":
-            feeds[spec.name] = (np.arange(shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-        elif spec.name == "decoder_attention_mask":
-            mask = np.ones(shape, dtype=np.int64)
-            # Holes in the cached part, as rows that joined later leave them.
-            mask[1:, : case.past_length // 2] = 0
-            feeds[spec.name] = mask
-        elif spec.name == "position_ids":
-            feeds[spec.name] = (case.past_length + np.arange(shape[1]))[None, :].repeat(shape[0], 0).astype(np.int64)
-        else:
-            feeds[spec.name] = rng.integers(4, vocab, shape).astype(np.int64)
-    return feeds
+    return sample_inputs(specs, sizes, vocab, rng)
 
 
 def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
