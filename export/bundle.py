@@ -18,7 +18,7 @@ import onnx
 import onnxruntime
 import torch
 
-from seqcast.export.corpus import read_split
+from seqcast.export.corpus import encode_sources, read_split
 from seqcast.export.graphs import graphs_for
 from seqcast.export.onnx_export import OPSET, export_pair, round_weights_fp16
 from seqcast.export.parity import TOLERANCE, check_parity
@@ -66,7 +66,7 @@ def export_bundle(
         shutil.copy(run_dir / "tokenizer.json", work / "tokenizer.json")
 
         test = read_split(corpus, "test", PARITY_SENTENCES)
-        sources = [e.ids[: cfg.max_tokens - 1] + [SPECIAL.eos] for e in tokenizer.encode_batch([p.en for p in test])]
+        sources = encode_sources(tokenizer, [p.en for p in test], cfg.max_tokens)
         report = check_parity(model, graphs, work, SPECIAL, cfg.vocab_size, sources, tolerance=tolerance)
         log.info(
             "parity ok: encoder %.2e, logits %.2e over %d cases; %d sentences decoded identically",

@@ -51,6 +51,14 @@ def encode_pairs(pairs: list[Pair], tokenizer: Tokenizer, max_tokens: int) -> li
     return out
 
 
+def encode_sources(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Source ids (end-of-sequence appended) cut to max_tokens, the end-of-sequence kept.
+
+    Cutting is for scoring and parity checks only; the server refuses over-long input.
+    """
+    return [e.ids[: max_tokens - 1] + [EOS_ID] for e in tokenizer.encode_batch(texts)]
+
+
 @dataclass(frozen=True)
 class Batch:
     src: torch.Tensor  # (B, S)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import sacrebleu
-from tqdm import tqdm
 
-from seqcast.export.corpus import Pair, read_split
-from seqcast.server.decoding import Finish, greedy_decode
+from seqcast.export.corpus import Pair, encode_sources, read_split
+from seqcast.server.decoding import greedy_tokens
 from seqcast.server.models import load_model
 from seqcast.server.runtime import RuntimeOptions
 
@@ -53,19 +52,9 @@ def corpus_scores(system: str, hypotheses: list[str], references: list[str], sec
 def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 32, threads: int = 2) -> list[str]:
     """Greedy translations of `texts` through the served path of a bundle."""
     model = load_model(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads))
-    limit = model.manifest.max_source_tokens
-    sources = [ids[: limit - 1] + ids[-1:] if len(ids) > limit else ids for ids in model.codec.encode(texts)]
-    # Similar lengths together: less padding per batch.
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    outputs: list[list[int]] = [[] for _ in sources]
-    for start in tqdm(range(0, len(order), batch_size), desc=f"translate {model.name}", unit="batch"):
-        index = order[start : start + batch_size]
-
-        def emit(row: int, token: int | None, finish: Finish | None, index: list[int] = index) -> None:
-            if token is not None:
-                outputs[index[row]].append(token)
-
-        greedy_decode(model.runtime, [sources[i] for i in index], [model.manifest.max_new_tokens] * len(index), emit)
+    sources = encode_sources(model.codec.tokenizer, texts, model.manifest.max_source_tokens)
+    log.info("translating %d texts with %s", len(texts), model.name)
+    outputs = greedy_tokens(model.runtime, sources, model.manifest.max_new_tokens, batch_size)
     model.worker.shutdown()
     return [model.codec.decode(o) for o in outputs]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from seqcast.export.graphs import GraphPair, TorchRuntime, sample_inputs
-from seqcast.server.decoding import Finish, greedy_decode
+from seqcast.server.decoding import greedy_tokens
 from seqcast.server.manifest import SpecialTokens, TensorSpec
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
@@ -111,17 +111,6 @@ def greedy_uncached(model: nn.Module, source: list[int], special: SpecialTokens,
     return prefix[1:]
 
 
-def decode_all(runtime: object, sources: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    out: list[list[int]] = [[] for _ in sources]
-
-    def emit(row: int, token: int | None, finish: Finish | None) -> None:
-        if token is not None:
-            out[row].append(token)
-
-    greedy_decode(runtime, sources, [max_new_tokens] * len(sources), emit)
-    return out
-
-
 def token_parity(
     model: nn.Module,
     torch_rt: TorchRuntime,
@@ -131,8 +120,8 @@ def token_parity(
     report: ParityReport,
 ) -> None:
     uncached = [greedy_uncached(model, s, torch_rt.special_tokens, max_new_tokens) for s in sources]
-    cached = decode_all(torch_rt, sources, max_new_tokens)
-    onnx = decode_all(onnx_rt, sources, max_new_tokens)
+    cached = greedy_tokens(torch_rt, sources, max_new_tokens)
+    onnx = greedy_tokens(onnx_rt, sources, max_new_tokens)
     report.sentences = len(sources)
     report.cached_matches_uncached = cached == uncached
     report.onnx_matches_pytorch = onnx == uncached

@@ -23,10 +23,10 @@ from torch import nn
 from tqdm import tqdm
 
 from seqcast.export.config import TrainConfig
-from seqcast.export.corpus import EncodedPair, Pair, encode_pairs, read_split, token_batches
+from seqcast.export.corpus import EncodedPair, Pair, encode_pairs, encode_sources, read_split, token_batches
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
-from seqcast.server.decoding import Finish, greedy_decode
+from seqcast.server.decoding import greedy_tokens
 from seqcast.server.manifest import SpecialTokens
 
 log = logging.getLogger(__name__)
@@ -80,20 +80,6 @@ def dev_loss(model: nn.Module, data: list[EncodedPair], batch_tokens: int) -> fl
     return total / max(tokens, 1)
 
 
-def translate_ids(runtime: TorchRuntime, sources: list[list[int]], max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
-    """Greedy decoding through the server's decoding loop, in batches."""
-    results: list[list[int]] = [[] for _ in sources]
-    for start in range(0, len(sources), batch_size):
-        chunk = sources[start : start + batch_size]
-
-        def emit(row: int, token: int | None, finish: Finish | None, base: int = start) -> None:
-            if token is not None:
-                results[base + row].append(token)
-
-        greedy_decode(runtime, chunk, [max_new_tokens] * len(chunk), emit)
-    return results
-
-
 def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     return {
         "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
@@ -104,8 +90,8 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 def evaluate_torch(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], max_tokens: int) -> dict[str, float]:
     """chrF and BLEU of greedy PyTorch decoding on `pairs` (over-long sources are truncated)."""
     runtime = TorchRuntime(graphs_for(model), SPECIAL)
-    sources = [ids[: max_tokens - 1] + [EOS_ID] for ids in (e.ids for e in tokenizer.encode_batch([p.en for p in pairs]))]
-    outputs = translate_ids(runtime, sources, max_tokens)
+    sources = encode_sources(tokenizer, [p.en for p in pairs], max_tokens)
+    outputs = greedy_tokens(runtime, sources, max_tokens, batch_size=64)
     hyps = tokenizer.decode_batch(outputs)
     return score(hyps, [p.de for p in pairs])
 

@@ -182,3 +182,25 @@ def greedy_decode(
         batch.tokens = chosen.astype(np.int64)
         keep_rows(batch, ~(ended | full))
     return timings
+
+
+def greedy_tokens(
+    runtime: Runtime, sources: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int | None = None
+) -> list[list[int]]:
+    """Greedy output token ids of every source, end-of-sequence excluded.
+
+    With `batch_size`, sources are decoded in batches of similar length (less padding); the
+    result is in the order of `sources` either way.
+    """
+    outputs: list[list[int]] = [[] for _ in sources]
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    size = batch_size or max(len(sources), 1)
+    for start in range(0, len(order), size):
+        index = order[start : start + size]
+
+        def emit(row: int, token: int | None, finish: Finish | None, index: list[int] = index) -> None:
+            if token is not None:
+                outputs[index[row]].append(token)
+
+        greedy_decode(runtime, [sources[i] for i in index], [max_new_tokens] * len(index), emit)
+    return outputs

@@ -12,7 +12,8 @@ import pytest
 from seqcast.export.corpus import read_split
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.onnx_export import round_weights_fp16
-from seqcast.export.parity import TOLERANCE, default_cases, decode_all, graph_parity, greedy_uncached, ParityReport
+from seqcast.export.parity import TOLERANCE, ParityReport, default_cases, graph_parity, greedy_uncached
+from seqcast.server.decoding import greedy_tokens
 from seqcast.export.train import SPECIAL, load_model
 from seqcast.server.cli import main as seqcast
 from seqcast.server.manifest import Manifest
@@ -61,8 +62,8 @@ def test_cached_greedy_equals_uncached_and_pytorch_on_real_sentences(runs, model
     pairs = read_split(CORPUS, "test", 24)
     sources = [e.ids + [SPECIAL.eos] for e in tokenizer.encode_batch([p.en for p in pairs])]
     uncached = [greedy_uncached(model, s, SPECIAL, 48) for s in sources]
-    cached = decode_all(torch_rt, sources, 48)
-    served = decode_all(onnx_rt, sources, 48)
+    cached = greedy_tokens(torch_rt, sources, 48)
+    served = greedy_tokens(onnx_rt, sources, 48)
     assert sum(len(u) for u in uncached) >= 2 * len(sources), "the model must produce real sequences"
     assert cached == uncached
     assert served == uncached

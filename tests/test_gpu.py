@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from seqcast.export.parity import decode_all
+from seqcast.server.decoding import greedy_tokens
 from seqcast.server.manifest import Manifest
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
@@ -24,4 +24,4 @@ def test_cuda_sessions_decode_the_same_tokens_as_cpu(model_dir: Path) -> None:
     cpu = OnnxModel.from_manifest(bundle, manifest, RuntimeOptions(device="cpu"))
     assert gpu.provider == "CUDAExecutionProvider"
     sources = [[5 + i, 17, 33 + i, 2] for i in range(8)]
-    assert decode_all(gpu, sources, 32) == decode_all(cpu, sources, 32)
+    assert greedy_tokens(gpu, sources, 32) == greedy_tokens(cpu, sources, 32)
