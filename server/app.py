@@ -35,9 +35,13 @@ class RunningServer:
     registry: ModelRegistry
     health: health.aio.HealthServicer
 
-    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+    async def set_health(self, status: int) -> None:
+        """Health of the whole server (""), of every model by name, and of every service."""
         for service in ["", *self.registry.models, *_SERVICES]:
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+        await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         self.registry.close()
 
@@ -60,10 +64,9 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     reflection.enable_server_reflection([*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
-    # Health per model name, per service, and overall ("").
-    for service in ["", *registry.models, *_SERVICES]:
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, registry, health_servicer)
+    running = RunningServer(server, port, registry, health_servicer)
+    await running.set_health(health_pb2.HealthCheckResponse.SERVING)
+    return running
 
 
 async def serve(settings: ServerSettings) -> None:
