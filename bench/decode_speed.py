@@ -48,7 +48,7 @@ def sources(batch: int, vocab: int) -> list[list[int]]:
 @torch.inference_mode()
 def torch_uncached(model: Transformer, srcs: list[list[int]]) -> None:
     """Recomputes the whole prefix at every step (no cache)."""
-    ids, mask = (torch.from_numpy(a) for a in pad_batch(srcs, 0))
+    ids, mask = (torch.from_numpy(a) for a in pad_batch(srcs, 0, np.int64))
     prefix = torch.full((len(srcs), 1), NO_EOS.bos, dtype=torch.long)
     for _ in range(NEW_TOKENS):
         nxt = model(ids, mask, prefix)[:, -1].argmax(-1, keepdim=True)
@@ -57,7 +57,7 @@ def torch_uncached(model: Transformer, srcs: list[list[int]]) -> None:
 
 def cached(runtime: object) -> Callable[[list[list[int]]], None]:
     def run(srcs: list[list[int]]) -> None:
-        greedy_decode(runtime, srcs, [NEW_TOKENS] * len(srcs), lambda *_: None)
+        greedy_decode(runtime, NO_EOS, srcs, [NEW_TOKENS] * len(srcs), lambda *_: None)
 
     return run
 
@@ -87,12 +87,12 @@ def main() -> None:
     export_pair(graphs, bundle, cfg.vocab_size)
 
     def onnx(threads: int) -> OnnxModel:
-        return OnnxModel(bundle, graphs.encoder_spec, graphs.decoder_spec, NO_EOS, RuntimeOptions(device="cpu", intra_op_threads=threads))
+        return OnnxModel(bundle, graphs.encoder_spec, graphs.decoder_spec, RuntimeOptions(device="cpu", intra_op_threads=threads))
 
     torch_threads = torch.get_num_threads()
     systems: list[tuple[str, Callable[[list[list[int]]], None]]] = [
         (f"PyTorch eager, no cache ({torch_threads} threads)", lambda s: torch_uncached(model, s)),
-        (f"PyTorch eager, KV cache ({torch_threads} threads)", cached(TorchRuntime(graphs, NO_EOS))),
+        (f"PyTorch eager, KV cache ({torch_threads} threads)", cached(TorchRuntime(graphs))),
         ("ONNX Runtime, KV cache, server loop (1 thread)", cached(onnx(1))),
         ("ONNX Runtime, KV cache, server loop (2 threads)", cached(onnx(2))),
     ]

@@ -54,7 +54,7 @@ def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 
     model = load_model(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads))
     sources = encode_sources(model.codec.tokenizer, texts, model.manifest.max_source_tokens)
     log.info("translating %d texts with %s", len(texts), model.name)
-    outputs = greedy_tokens(model.runtime, sources, model.manifest.max_new_tokens, batch_size)
+    outputs = greedy_tokens(model.runtime, model.manifest.special_tokens, sources, model.manifest.max_new_tokens, batch_size)
     model.worker.shutdown()
     return [model.codec.decode(o) for o in outputs]
 

@@ -210,15 +210,14 @@ def sample_inputs(
 class TorchRuntime:
     """Runs the export wrappers in PyTorch behind the server's `encode`/`step` interface."""
 
-    def __init__(self, graphs: GraphPair, special_tokens: SpecialTokens) -> None:
+    def __init__(self, graphs: GraphPair) -> None:
         self.graphs = graphs
         self.encoder_spec = graphs.encoder_spec
         self.decoder_spec = graphs.decoder_spec
-        self.special_tokens = special_tokens
 
     @torch.inference_mode()
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.graphs.encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+    def encode(self, source: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.graphs.encoder(torch.from_numpy(source), torch.from_numpy(attention_mask))
         return {t.name: o.numpy() for t, o in zip(self.graphs.encoder_spec.outputs, out)}
 
     @torch.inference_mode()

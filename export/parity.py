@@ -115,13 +115,14 @@ def token_parity(
     model: nn.Module,
     torch_rt: TorchRuntime,
     onnx_rt: OnnxModel,
+    special: SpecialTokens,
     sources: list[list[int]],
     max_new_tokens: int,
     report: ParityReport,
 ) -> None:
-    uncached = [greedy_uncached(model, s, torch_rt.special_tokens, max_new_tokens) for s in sources]
-    cached = greedy_tokens(torch_rt, sources, max_new_tokens)
-    onnx = greedy_tokens(onnx_rt, sources, max_new_tokens)
+    uncached = [greedy_uncached(model, s, special, max_new_tokens) for s in sources]
+    cached = greedy_tokens(torch_rt, special, sources, max_new_tokens)
+    onnx = greedy_tokens(onnx_rt, special, sources, max_new_tokens)
     report.sentences = len(sources)
     report.cached_matches_uncached = cached == uncached
     report.onnx_matches_pytorch = onnx == uncached
@@ -143,11 +144,11 @@ def check_parity(
     """Runs both checks on the graphs in bundle_dir; raises ParityError listing every failure."""
     model.eval()
     report = ParityReport(tolerance=tolerance)
-    torch_rt = TorchRuntime(graphs, special)
-    onnx_rt = OnnxModel(bundle_dir, graphs.encoder_spec, graphs.decoder_spec, special, RuntimeOptions(device="cpu"))
+    torch_rt = TorchRuntime(graphs)
+    onnx_rt = OnnxModel(bundle_dir, graphs.encoder_spec, graphs.decoder_spec, RuntimeOptions(device="cpu"))
     kv_cache = any(s.seq_axis is not None for s in graphs.decoder_spec.state)
     graph_parity(torch_rt, onnx_rt, vocab, default_cases(kv_cache), report)
-    token_parity(model, torch_rt, onnx_rt, sources, max_new_tokens, report)
+    token_parity(model, torch_rt, onnx_rt, special, sources, max_new_tokens, report)
     if not report.ok:
         raise ParityError("export parity failed:\n  " + "\n  ".join(report.problems))
     return report

@@ -89,9 +89,9 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 
 def evaluate_torch(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], max_tokens: int) -> dict[str, float]:
     """chrF and BLEU of greedy PyTorch decoding on `pairs` (over-long sources are truncated)."""
-    runtime = TorchRuntime(graphs_for(model), SPECIAL)
+    runtime = TorchRuntime(graphs_for(model))
     sources = encode_sources(tokenizer, [p.en for p in pairs], max_tokens)
-    outputs = greedy_tokens(runtime, sources, max_tokens, batch_size=64)
+    outputs = greedy_tokens(runtime, SPECIAL, sources, max_tokens, batch_size=64)
     hyps = tokenizer.decode_batch(outputs)
     return score(hyps, [p.de for p in pairs])
 

@@ -2,9 +2,10 @@
 
 Written by `seqcast.export` at export time, read by the server at load time; the server takes
 every tensor name from here, never from constants in code. A bundle is a directory
-`models/<name>/<version>/` with `manifest.json`, `encoder.onnx`, `decoder.onnx` and the
-tokenizer. Tensor names follow the Optimum convention (`input_ids`, `encoder_attention_mask`,
-`past_key_values.{i}.decoder.key`, `present.{i}.decoder.key`, `logits`, ...).
+`models/<name>/<version>/` with `manifest.json`, `encoder.onnx`, `decoder.onnx` and, for
+translation, the tokenizer. Tensor names follow the Optimum convention (`input_ids`,
+`encoder_attention_mask`, `past_key_values.{i}.decoder.key`, `present.{i}.decoder.key`,
+`logits`, ...); forecasting graphs take `input_values` and return `quantiles` (or `mean`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -59,7 +60,8 @@ class StaticSpec(_Frozen):
 
 class EncoderSpec(_Frozen):
     file: str = "encoder.onnx"
-    input_ids: str = "input_ids"
+    # The source sequence: token ids (int64) or scaled values (float32), (batch, source_length).
+    source: str = "input_ids"
     attention_mask: str = "encoder_attention_mask"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -67,11 +69,13 @@ class EncoderSpec(_Frozen):
 
 class DecoderSpec(_Frozen):
     file: str = "decoder.onnx"
-    input_ids: str = "input_ids"
+    # The input that takes the previous step's choice (a token id, or a forecast value), and the
+    # output it is chosen from (logits, or forecast columns).
+    feed: str = "input_ids"
+    output: str = "logits"
     # Per-row positions and the mask over past + new tokens; absent for recurrent decoders.
     position_ids: str | None = None
     attention_mask: str | None = None
-    logits: str = "logits"
     state: list[StateSpec]
     static: list[StaticSpec]
     inputs: list[TensorSpec]
@@ -91,9 +95,44 @@ class Parity(_Frozen):
     max_abs_diff_encoder: float
     max_abs_diff_logits: float
     cases: int = Field(description="batch / length / past-length combinations compared")
-    sentences: int = Field(description="real sentences decoded greedily for the token checks")
+    sentences: int = Field(description="real sentences (or series) decoded for the cached/uncached checks")
     cached_matches_uncached: bool
     onnx_matches_pytorch: bool
+
+
+class ForecastSpec(_Frozen):
+    """How a forecasting bundle is fed and read.
+
+    The decoder output has one column per entry of `columns`: the quantile levels, ascending,
+    or `["mean"]` for a point model. The column `point` (the median "0.5", or "mean") is the
+    point forecast and is fed back as the next step's input. Values pass through `scaling`
+    (see `seqcast.export.series.MeanAbsScaler`) fitted per series on the context the model sees:
+    the last `context_length` values of a longer series.
+    """
+
+    columns: list[str]
+    point: str
+    context_length: int
+    min_context: int
+    max_horizon: int
+    scaling: dict[str, object]
+    frequency: str = Field(description="pandas offset alias of the training data, e.g. QS, 30min")
+    season_length: int
+
+    @property
+    def quantile_levels(self) -> list[float]:
+        return [float(c) for c in self.columns if c != "mean"]
+
+    @model_validator(mode="after")
+    def _point_is_a_column(self) -> "ForecastSpec":
+        if self.point not in self.columns:
+            raise ValueError(f"point column {self.point!r} is not one of the columns {self.columns}")
+        if not 1 <= self.min_context <= self.context_length:
+            raise ValueError(f"min_context {self.min_context} must lie in 1..context_length {self.context_length}")
+        levels = self.quantile_levels
+        if levels != sorted(levels) or not all(0 < q < 1 for q in levels):
+            raise ValueError(f"quantile levels must be ascending and inside (0, 1), got {levels}")
+        return self
 
 
 class ExportInfo(_Frozen):
@@ -111,16 +150,19 @@ class Manifest(_Frozen):
     format_version: int = FORMAT_VERSION
     name: str
     version: str
-    task: Literal["translation"]
-    architecture: Literal["transformer", "gru-attention"]
+    task: Literal["translation", "forecast"]
+    architecture: Literal["transformer", "gru-attention", "lstm-additive", "lstm-dot", "ar"]
     # Model dimensions, e.g. layers, heads, head_dim, d_model, vocab_size.
     dims: dict[str, int]
-    special_tokens: SpecialTokens
-    tokenizer: str = "tokenizer.json"
-    max_source_tokens: int
-    max_new_tokens: int
-    source_language: str = "en"
-    target_language: str = "de"
+    # Translation only: tokens, tokenizer file and limits.
+    special_tokens: SpecialTokens | None = None
+    tokenizer: str | None = None
+    max_source_tokens: int | None = None
+    max_new_tokens: int | None = None
+    source_language: str | None = None
+    target_language: str | None = None
+    # Forecast only.
+    forecast: ForecastSpec | None = None
     encoder: EncoderSpec
     decoder: DecoderSpec
     # sha256 of every other file of the bundle, by file name.
@@ -129,6 +171,16 @@ class Manifest(_Frozen):
     parity: Parity
     # Free-form training record: data, steps, seed, test-split scores.
     training: dict[str, object] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> "Manifest":
+        if self.task == "translation":
+            missing = [f for f in ("special_tokens", "tokenizer", "max_source_tokens", "max_new_tokens") if getattr(self, f) is None]
+            if missing or self.forecast is not None:
+                raise ValueError(f"a translation manifest needs {missing} and no forecast section")
+        elif self.forecast is None or self.tokenizer is not None:
+            raise ValueError("a forecast manifest needs a forecast section and no tokenizer")
+        return self
 
     @classmethod
     def read(cls, bundle_dir: Path) -> "Manifest":

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, Manifest, SpecialTokens, TensorSpec
+from seqcast.server.manifest import DecoderSpec, EncoderSpec, Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,10 @@ class OnnxModel:
         bundle_dir: Path,
         encoder: EncoderSpec,
         decoder: DecoderSpec,
-        special_tokens: SpecialTokens,
         options: RuntimeOptions,
     ) -> None:
         self.encoder_spec = encoder
         self.decoder_spec = decoder
-        self.special_tokens = special_tokens
         self.encoder = _session(bundle_dir / encoder.file, options)
         self.decoder = _session(bundle_dir / decoder.file, options)
         _check_io("encoder input", encoder.inputs, self.encoder.get_inputs())
@@ -113,11 +111,11 @@ class OnnxModel:
 
     @classmethod
     def from_manifest(cls, bundle_dir: Path, manifest: Manifest, options: RuntimeOptions) -> "OnnxModel":
-        return cls(bundle_dir, manifest.encoder, manifest.decoder, manifest.special_tokens, options)
+        return cls(bundle_dir, manifest.encoder, manifest.decoder, options)
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """input_ids, attention_mask (B, S) int64 -> every encoder output by name."""
-        feeds = {self.encoder_spec.input_ids: input_ids, self.encoder_spec.attention_mask: attention_mask}
+    def encode(self, source: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """source (B, S) token ids or values, attention_mask (B, S) int64 -> every encoder output by name."""
+        feeds = {self.encoder_spec.source: source, self.encoder_spec.attention_mask: attention_mask}
         return dict(zip(self._encoder_outputs, self.encoder.run(self._encoder_outputs, feeds)))
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

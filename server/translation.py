@@ -111,7 +111,7 @@ async def _run(job: TranslateJob, settings: ServerSettings, stop: threading.Even
         return stop.is_set() or (job.deadline is not None and time.monotonic() > job.deadline)
 
     def decode() -> None:
-        greedy_decode(job.model.runtime, job.sources, job.limits, on_token, should_stop)
+        greedy_decode(job.model.runtime, job.model.manifest.special_tokens, job.sources, job.limits, on_token, should_stop)
 
     with _Admission(job.model, settings.max_queued_requests):
         await asyncio.get_running_loop().run_in_executor(job.model.worker, decode)

@@ -32,12 +32,11 @@ class ScriptedRuntime:
             inputs=[TensorSpec(name="past", dtype="float32", shape=["batch", "past_length"])],
             outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 1, VOCAB])],
         )
-        self.special_tokens = SpecialTokens(pad=0, bos=1, eos=EOS)
         self.calls: list[int] = []
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    def encode(self, source: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         # The source's first token is the row id in these tests.
-        return {"row_id": input_ids[:, :1].astype(np.float32)}
+        return {"row_id": source[:, :1].astype(np.float32)}
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = feeds["row_id"][:, 0].astype(int)
@@ -64,6 +63,7 @@ def run(scripts, limits, stop_after=None):
     steps = iter(range(10_000))
     timings = greedy_decode(
         runtime,
+        SpecialTokens(pad=0, bos=1, eos=EOS),
         [[i, EOS] for i in range(len(scripts))],
         limits,
         lambda row, token, finish: events[row].append((token, finish)),

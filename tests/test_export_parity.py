@@ -30,7 +30,7 @@ def _torch_and_onnx(runs: dict[str, Path], model_dir: Path, name: str):
     round_weights_fp16(model)  # as export does: the bundle stores weights in float16
     bundle = model_dir / name / "1"
     onnx_rt = OnnxModel.from_manifest(bundle, Manifest.read(bundle), RuntimeOptions(device="cpu"))
-    return model, cfg, tokenizer, TorchRuntime(graphs_for(model), SPECIAL), onnx_rt
+    return model, cfg, tokenizer, TorchRuntime(graphs_for(model)), onnx_rt
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -62,8 +62,8 @@ def test_cached_greedy_equals_uncached_and_pytorch_on_real_sentences(runs, model
     pairs = read_split(CORPUS, "test", 24)
     sources = [e.ids + [SPECIAL.eos] for e in tokenizer.encode_batch([p.en for p in pairs])]
     uncached = [greedy_uncached(model, s, SPECIAL, 48) for s in sources]
-    cached = greedy_tokens(torch_rt, sources, 48)
-    served = greedy_tokens(onnx_rt, sources, 48)
+    cached = greedy_tokens(torch_rt, SPECIAL, sources, 48)
+    served = greedy_tokens(onnx_rt, SPECIAL, sources, 48)
     assert sum(len(u) for u in uncached) >= 2 * len(sources), "the model must produce real sequences"
     assert cached == uncached
     assert served == uncached
