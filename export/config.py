@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     import torch
 
 Architecture = Literal["transformer", "gru-attention"]
+ForecastArchitecture = Literal["transformer", "lstm-additive", "lstm-dot", "ar"]
+ForecastData = Literal["tourism", "vic_elec"]
+# Quantile levels of every neural forecaster; 0.5 (the median) is the point forecast.
+QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,31 @@ class TrainConfig:
                 dropout=self.dropout,
             )
         )
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """One forecasting run. Horizon, context length and split come from the data set's task
+    (`seqcast.export.forecast_data.TASKS`); the model only sees scaled values."""
+
+    data: ForecastData = "tourism"
+    architecture: ForecastArchitecture = "transformer"
+    # Model size: transformer width/heads/layers/feed-forward; LSTM units = d_model.
+    d_model: int = 64
+    n_heads: int = 4
+    layers: int = 2
+    d_ff: int = 128
+    dropout: float = 0.1
+    # AR(p) order; 0 = the data set's default.
+    ar_order: int = 0
+    quantile_levels: tuple[float, ...] = QUANTILE_LEVELS
+    # Optimisation: windows per batch, steps, AdamW with linear warm-up then cosine decay.
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    seed: int = 0
+    eval_every: int = 250
+    threads: int = 2

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seqcast.export.forecasters import ArForecaster, LstmForecaster, TransformerForecaster
 from seqcast.export.gru import GruAttention
 from seqcast.export.transformer import Transformer
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, StaticSpec, TensorSpec
+from seqcast.server.manifest import DecoderSpec, EncoderSpec, StateSpec, StaticSpec, TensorSpec
 
 I64, F32 = "int64", "float32"
 
@@ -46,8 +47,9 @@ class TransformerEncoderGraph(nn.Module):
 
 
 class TransformerDecoderGraph(nn.Module):
-    """Inputs: input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, then
-    per layer past decoder key/value, then per layer encoder key/value."""
+    """Inputs: input_ids (forecasters: input_values), position_ids, decoder_attention_mask,
+    encoder_attention_mask, then per layer past decoder key/value, then per layer encoder
+    key/value. Serves the translation transformer and the transformer forecaster alike."""
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
@@ -71,37 +73,50 @@ class TransformerDecoderGraph(nn.Module):
         return (logits, *(t for pair in present for t in pair))
 
 
-def transformer_graphs(model: Transformer) -> GraphPair:
-    cfg = model.cfg
-    h, dh, n = cfg.n_heads, cfg.head_dim, cfg.decoder_layers
+def _kv_specs(
+    layers: int, heads: int, head_dim: int, d_model: int, source: TensorSpec, step_input: TensorSpec, step_output: TensorSpec
+) -> tuple[EncoderSpec, DecoderSpec]:
+    """Encoder and decoder specs of the KV-cache contract, shared by every transformer."""
+    h, dh, n = heads, head_dim, layers
     cross_out = [f"present.{i}.encoder.{kv}" for i in range(n) for kv in ("key", "value")]
     past_in = [f"past_key_values.{i}.decoder.{kv}" for i in range(n) for kv in ("key", "value")]
     cross_in = [f"past_key_values.{i}.encoder.{kv}" for i in range(n) for kv in ("key", "value")]
     present_out = [f"present.{i}.decoder.{kv}" for i in range(n) for kv in ("key", "value")]
     encoder_spec = EncoderSpec(
-        inputs=[
-            TensorSpec(name="input_ids", dtype=I64, shape=["batch", "source_length"]),
-            TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
-        ],
-        outputs=[TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", cfg.d_model])]
+        source=source.name,
+        inputs=[source, TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"])],
+        outputs=[TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", d_model])]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_out],
     )
     decoder_spec = DecoderSpec(
+        feed=step_input.name,
+        output=step_output.name,
         position_ids="position_ids",
         attention_mask="decoder_attention_mask",
         state=[StateSpec(input=i, output=o, init="empty", seq_axis=2) for i, o in zip(past_in, present_out)],
         static=[StaticSpec(input="encoder_attention_mask", source="encoder_attention_mask", seq_axis=1)]
         + [StaticSpec(input=i, source=o, seq_axis=2) for i, o in zip(cross_in, cross_out)],
         inputs=[
-            TensorSpec(name="input_ids", dtype=I64, shape=["batch", "new_tokens"]),
+            step_input,
             TensorSpec(name="position_ids", dtype=I64, shape=["batch", "new_tokens"]),
             TensorSpec(name="decoder_attention_mask", dtype=I64, shape=["batch", "past_and_new"]),
             TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
         ]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_length", dh]) for name in past_in]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_in],
-        outputs=[TensorSpec(name="logits", dtype=F32, shape=["batch", "new_tokens", cfg.vocab_size])]
+        outputs=[step_output]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_and_new", dh]) for name in present_out],
+    )
+    return encoder_spec, decoder_spec
+
+
+def transformer_graphs(model: Transformer) -> GraphPair:
+    cfg = model.cfg
+    encoder_spec, decoder_spec = _kv_specs(
+        cfg.decoder_layers, cfg.n_heads, cfg.head_dim, cfg.d_model,
+        source=TensorSpec(name="input_ids", dtype=I64, shape=["batch", "source_length"]),
+        step_input=TensorSpec(name="input_ids", dtype=I64, shape=["batch", "new_tokens"]),
+        step_output=TensorSpec(name="logits", dtype=F32, shape=["batch", "new_tokens", cfg.vocab_size]),
     )
     return GraphPair(TransformerEncoderGraph(model), TransformerDecoderGraph(model), encoder_spec, decoder_spec)
 
@@ -164,11 +179,138 @@ def gru_graphs(model: GruAttention) -> GraphPair:
     return GraphPair(GruEncoderGraph(model), GruDecoderGraph(model), encoder_spec, decoder_spec)
 
 
+# --- forecasters ---------------------------------------------------------------------------------
+
+
+class LstmEncoderGraph(nn.Module):
+    def __init__(self, model: LstmForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.model.encode(input_values, encoder_attention_mask)
+
+
+class LstmDecoderGraph(nn.Module):
+    def __init__(self, model: LstmForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_values: Tensor, encoder_attention_mask: Tensor, states: Tensor, keys: Tensor, h: Tensor, c: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.step(input_values, encoder_attention_mask, states, keys, h, c)
+
+
+class ArEncoderGraph(nn.Module):
+    def __init__(self, model: ArForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor]:
+        return (self.model.encode(input_values, encoder_attention_mask),)
+
+
+class ArDecoderGraph(nn.Module):
+    def __init__(self, model: ArForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.step(input_values, past_values)
+
+
+_VALUES = TensorSpec(name="input_values", dtype=F32, shape=["batch", "source_length"])
+_SOURCE_MASK = TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"])
+
+
+def forecast_transformer_graphs(model: TransformerForecaster) -> GraphPair:
+    cfg = model.cfg
+    encoder_spec, decoder_spec = _kv_specs(
+        cfg.layers, cfg.n_heads, model.head_dim, cfg.d_model,
+        source=_VALUES,
+        step_input=TensorSpec(name="input_values", dtype=F32, shape=["batch", "new_tokens"]),
+        step_output=TensorSpec(name="quantiles", dtype=F32, shape=["batch", "new_tokens", len(cfg.quantile_levels)]),
+    )
+    return GraphPair(TransformerEncoderGraph(model), TransformerDecoderGraph(model), encoder_spec, decoder_spec)
+
+
+def lstm_graphs(model: LstmForecaster) -> GraphPair:
+    d, q = model.cfg.d_model, len(model.cfg.quantile_levels)
+    encoder_spec = EncoderSpec(
+        source="input_values",
+        inputs=[_VALUES, _SOURCE_MASK],
+        outputs=[
+            TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", d]),
+            TensorSpec(name="encoder_attention_keys", dtype=F32, shape=["batch", "source_length", d]),
+            TensorSpec(name="initial_state.h", dtype=F32, shape=["batch", d]),
+            TensorSpec(name="initial_state.c", dtype=F32, shape=["batch", d]),
+        ],
+    )
+    decoder_spec = DecoderSpec(
+        feed="input_values",
+        output="quantiles",
+        state=[
+            StateSpec(input="past_state.h", output="present_state.h", init="encoder", source="initial_state.h"),
+            StateSpec(input="past_state.c", output="present_state.c", init="encoder", source="initial_state.c"),
+        ],
+        static=[
+            StaticSpec(input="encoder_attention_mask", source="encoder_attention_mask", seq_axis=1),
+            StaticSpec(input="encoder_hidden_states", source="encoder_hidden_states", seq_axis=1),
+            StaticSpec(input="encoder_attention_keys", source="encoder_attention_keys", seq_axis=1),
+        ],
+        inputs=[
+            TensorSpec(name="input_values", dtype=F32, shape=["batch", 1]),
+            _SOURCE_MASK,
+            TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", d]),
+            TensorSpec(name="encoder_attention_keys", dtype=F32, shape=["batch", "source_length", d]),
+            TensorSpec(name="past_state.h", dtype=F32, shape=["batch", d]),
+            TensorSpec(name="past_state.c", dtype=F32, shape=["batch", d]),
+        ],
+        outputs=[
+            TensorSpec(name="quantiles", dtype=F32, shape=["batch", 1, q]),
+            TensorSpec(name="present_state.h", dtype=F32, shape=["batch", d]),
+            TensorSpec(name="present_state.c", dtype=F32, shape=["batch", d]),
+        ],
+    )
+    return GraphPair(LstmEncoderGraph(model), LstmDecoderGraph(model), encoder_spec, decoder_spec)
+
+
+def ar_graphs(model: ArForecaster) -> GraphPair:
+    lags = model.order - 1
+    encoder_spec = EncoderSpec(
+        source="input_values",
+        inputs=[_VALUES, _SOURCE_MASK],
+        outputs=[TensorSpec(name="initial_values", dtype=F32, shape=["batch", lags])],
+    )
+    decoder_spec = DecoderSpec(
+        feed="input_values",
+        output="mean",
+        state=[StateSpec(input="past_values", output="present_values", init="encoder", source="initial_values")],
+        static=[],
+        inputs=[
+            TensorSpec(name="input_values", dtype=F32, shape=["batch", 1]),
+            TensorSpec(name="past_values", dtype=F32, shape=["batch", lags]),
+        ],
+        outputs=[
+            TensorSpec(name="mean", dtype=F32, shape=["batch", 1, 1]),
+            TensorSpec(name="present_values", dtype=F32, shape=["batch", lags]),
+        ],
+    )
+    return GraphPair(ArEncoderGraph(model), ArDecoderGraph(model), encoder_spec, decoder_spec)
+
+
 def graphs_for(model: nn.Module) -> GraphPair:
     if isinstance(model, Transformer):
         return transformer_graphs(model)
     if isinstance(model, GruAttention):
         return gru_graphs(model)
+    if isinstance(model, TransformerForecaster):
+        return forecast_transformer_graphs(model)
+    if isinstance(model, LstmForecaster):
+        return lstm_graphs(model)
+    if isinstance(model, ArForecaster):
+        return ar_graphs(model)
     raise TypeError(f"no export graphs for {type(model).__name__}")
 
 

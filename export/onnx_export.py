@@ -118,9 +118,14 @@ def _name_axes(model: onnx.ModelProto, inputs: list[TensorSpec], outputs: list[T
 
 
 def export_graph(
-    module: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, vocab_size: int
+    module: nn.Module,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    path: Path,
+    vocab_size: int,
+    weights_fp16: bool = True,
 ) -> None:
-    """Exports one wrapper to `path` with float16-stored weights and manifest axis names."""
+    """Exports one wrapper to `path` with manifest axis names and, if asked, float16-stored weights."""
     module.eval()
     args = example_inputs(inputs, vocab_size)
     with warnings.catch_warnings():
@@ -138,13 +143,14 @@ def export_graph(
         )
     model = program.model_proto
     _name_axes(model, inputs, outputs)
-    model = _store_fp16(model)
+    if weights_fp16:
+        model = _store_fp16(model)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 
 
-def export_pair(graphs: GraphPair, out_dir: Path, vocab_size: int) -> None:
+def export_pair(graphs: GraphPair, out_dir: Path, vocab_size: int, weights_fp16: bool = True) -> None:
     """Writes encoder.onnx and decoder.onnx for `graphs` into out_dir."""
-    export_graph(graphs.encoder, graphs.encoder_spec.inputs, graphs.encoder_spec.outputs, out_dir / graphs.encoder_spec.file, vocab_size)
-    export_graph(graphs.decoder, graphs.decoder_spec.inputs, graphs.decoder_spec.outputs, out_dir / graphs.decoder_spec.file, vocab_size)
+    for module, spec in ((graphs.encoder, graphs.encoder_spec), (graphs.decoder, graphs.decoder_spec)):
+        export_graph(module, spec.inputs, spec.outputs, out_dir / spec.file, vocab_size, weights_fp16)

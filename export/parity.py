@@ -85,7 +85,7 @@ def graph_parity(torch_rt: TorchRuntime, onnx_rt: OnnxModel, vocab: int, cases: 
     graphs = torch_rt.graphs
     for case in cases:
         enc_in = _case_inputs(graphs.encoder_spec.inputs, case, vocab, rng)
-        ids, mask = enc_in["input_ids"], enc_in["encoder_attention_mask"]
+        ids, mask = enc_in[graphs.encoder_spec.source], enc_in[graphs.encoder_spec.attention_mask]
         enc_diff = _max_diff(torch_rt.encode(ids, mask), onnx_rt.encode(ids, mask))
         feeds = _case_inputs(graphs.decoder_spec.inputs, case, vocab, rng)
         step_diff = _max_diff(torch_rt.step(feeds), onnx_rt.step(feeds))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18seqcast/v1/seqcast.proto\x12\nseqcast.v1\"`\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_max_new_tokens\"\x7f\n\x11TranslationResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.seqcast.v1.FinishReason\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\r\x12\x15\n\routput_tokens\x18\x04 \x01(\r\"i\n\x11TranslateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12.\n\x07results\x18\x03 \x03(\x0b\x32\x1d.seqcast.v1.TranslationResult\"\x8b\x01\n\x0eTranslateChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.seqcast.v1.FinishReason\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\"\x13\n\x11ListModelsRequest\"\x85\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x19\n\x11max_source_tokens\x18\x06 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x35\n\x08metadata\x18\x08 \x03(\x0b\x32#.seqcast.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.seqcast.v1.ModelInfo\x12!\n\x19\x64\x65\x66\x61ult_translation_model\x18\x02 \x01(\t*^\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xa6\x01\n\x0bTranslation\x12H\n\tTranslate\x12\x1c.seqcast.v1.TranslateRequest\x1a\x1d.seqcast.v1.TranslateResponse\x12M\n\x0fTranslateStream\x12\x1c.seqcast.v1.TranslateRequest\x1a\x1a.seqcast.v1.TranslateChunk0\x01\x32U\n\x06Models\x12K\n\nListModels\x12\x1d.seqcast.v1.ListModelsRequest\x1a\x1e.seqcast.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18seqcast/v1/seqcast.proto\x12\nseqcast.v1\"`\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_max_new_tokens\"\x7f\n\x11TranslationResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.seqcast.v1.FinishReason\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\r\x12\x15\n\routput_tokens\x18\x04 \x01(\r\"i\n\x11TranslateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12.\n\x07results\x18\x03 \x03(\x0b\x32\x1d.seqcast.v1.TranslationResult\"\x8b\x01\n\x0eTranslateChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.seqcast.v1.FinishReason\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\"\x18\n\x06Series\x12\x0e\n\x06values\x18\x01 \x03(\x01\"U\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06series\x18\x02 \x03(\x0b\x32\x12.seqcast.v1.Series\x12\x0f\n\x07horizon\x18\x03 \x01(\r\"1\n\x10QuantileForecast\x12\r\n\x05level\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"f\n\x0eSeriesForecast\x12\r\n\x05point\x18\x01 \x03(\x01\x12/\n\tquantiles\x18\x02 \x03(\x0b\x32\x1c.seqcast.v1.QuantileForecast\x12\x14\n\x0c\x63ontext_used\x18\x03 \x01(\r\"v\n\x10\x46orecastResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05point\x18\x03 \x01(\t\x12-\n\tforecasts\x18\x04 \x03(\x0b\x32\x1a.seqcast.v1.SeriesForecast\"\x13\n\x11ListModelsRequest\"\xa2\x01\n\x0c\x46orecastInfo\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\r\x12\x13\n\x0bmin_context\x18\x02 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x03 \x01(\r\x12\x17\n\x0fquantile_levels\x18\x04 \x03(\x01\x12\r\n\x05point\x18\x05 \x01(\t\x12\x11\n\tfrequency\x18\x06 \x01(\t\x12\x15\n\rseason_length\x18\x07 \x01(\r\"\xb1\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x19\n\x11max_source_tokens\x18\x06 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x35\n\x08metadata\x18\x08 \x03(\x0b\x32#.seqcast.v1.ModelInfo.MetadataEntry\x12*\n\x08\x66orecast\x18\t \x01(\x0b\x32\x18.seqcast.v1.ForecastInfo\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"~\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.seqcast.v1.ModelInfo\x12!\n\x19\x64\x65\x66\x61ult_translation_model\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_forecast_model\x18\x03 \x01(\t*^\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xa6\x01\n\x0bTranslation\x12H\n\tTranslate\x12\x1c.seqcast.v1.TranslateRequest\x1a\x1d.seqcast.v1.TranslateResponse\x12M\n\x0fTranslateStream\x12\x1c.seqcast.v1.TranslateRequest\x1a\x1a.seqcast.v1.TranslateChunk0\x01\x32T\n\x0b\x46orecasting\x12\x45\n\x08\x46orecast\x12\x1b.seqcast.v1.ForecastRequest\x1a\x1c.seqcast.v1.ForecastResponse2U\n\x06Models\x12K\n\nListModels\x12\x1d.seqcast.v1.ListModelsRequest\x1a\x1e.seqcast.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=897
-  _globals['_FINISHREASON']._serialized_end=991
+  _globals['_FINISHREASON']._serialized_start=1526
+  _globals['_FINISHREASON']._serialized_end=1620
   _globals['_TRANSLATEREQUEST']._serialized_start=40
   _globals['_TRANSLATEREQUEST']._serialized_end=136
   _globals['_TRANSLATIONRESULT']._serialized_start=138
@@ -43,16 +43,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSLATERESPONSE']._serialized_end=372
   _globals['_TRANSLATECHUNK']._serialized_start=375
   _globals['_TRANSLATECHUNK']._serialized_end=514
-  _globals['_LISTMODELSREQUEST']._serialized_start=516
-  _globals['_LISTMODELSREQUEST']._serialized_end=535
-  _globals['_MODELINFO']._serialized_start=538
-  _globals['_MODELINFO']._serialized_end=799
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=752
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=799
-  _globals['_LISTMODELSRESPONSE']._serialized_start=801
-  _globals['_LISTMODELSRESPONSE']._serialized_end=895
-  _globals['_TRANSLATION']._serialized_start=994
-  _globals['_TRANSLATION']._serialized_end=1160
-  _globals['_MODELS']._serialized_start=1162
-  _globals['_MODELS']._serialized_end=1247
+  _globals['_SERIES']._serialized_start=516
+  _globals['_SERIES']._serialized_end=540
+  _globals['_FORECASTREQUEST']._serialized_start=542
+  _globals['_FORECASTREQUEST']._serialized_end=627
+  _globals['_QUANTILEFORECAST']._serialized_start=629
+  _globals['_QUANTILEFORECAST']._serialized_end=678
+  _globals['_SERIESFORECAST']._serialized_start=680
+  _globals['_SERIESFORECAST']._serialized_end=782
+  _globals['_FORECASTRESPONSE']._serialized_start=784
+  _globals['_FORECASTRESPONSE']._serialized_end=902
+  _globals['_LISTMODELSREQUEST']._serialized_start=904
+  _globals['_LISTMODELSREQUEST']._serialized_end=923
+  _globals['_FORECASTINFO']._serialized_start=926
+  _globals['_FORECASTINFO']._serialized_end=1088
+  _globals['_MODELINFO']._serialized_start=1091
+  _globals['_MODELINFO']._serialized_end=1396
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1349
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1396
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1398
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1524
+  _globals['_TRANSLATION']._serialized_start=1623
+  _globals['_TRANSLATION']._serialized_end=1789
+  _globals['_FORECASTING']._serialized_start=1791
+  _globals['_FORECASTING']._serialized_end=1875
+  _globals['_MODELS']._serialized_start=1877
+  _globals['_MODELS']._serialized_end=1962
 # @@protoc_insertion_point(module_scope)

@@ -62,12 +62,76 @@ class TranslateChunk(_message.Message):
     output_tokens: int
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
 
+class Series(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ForecastRequest(_message.Message):
+    __slots__ = ("model", "series", "horizon")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    series: _containers.RepeatedCompositeFieldContainer[Series]
+    horizon: int
+    def __init__(self, model: _Optional[str] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., horizon: _Optional[int] = ...) -> None: ...
+
+class QuantileForecast(_message.Message):
+    __slots__ = ("level", "values")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    level: float
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, level: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class SeriesForecast(_message.Message):
+    __slots__ = ("point", "quantiles", "context_used")
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_USED_FIELD_NUMBER: _ClassVar[int]
+    point: _containers.RepeatedScalarFieldContainer[float]
+    quantiles: _containers.RepeatedCompositeFieldContainer[QuantileForecast]
+    context_used: int
+    def __init__(self, point: _Optional[_Iterable[float]] = ..., quantiles: _Optional[_Iterable[_Union[QuantileForecast, _Mapping]]] = ..., context_used: _Optional[int] = ...) -> None: ...
+
+class ForecastResponse(_message.Message):
+    __slots__ = ("model", "model_version", "point", "forecasts")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    FORECASTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    point: str
+    forecasts: _containers.RepeatedCompositeFieldContainer[SeriesForecast]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., point: _Optional[str] = ..., forecasts: _Optional[_Iterable[_Union[SeriesForecast, _Mapping]]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ForecastInfo(_message.Message):
+    __slots__ = ("context_length", "min_context", "max_horizon", "quantile_levels", "point", "frequency", "season_length")
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    MAX_HORIZON_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    SEASON_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    context_length: int
+    min_context: int
+    max_horizon: int
+    quantile_levels: _containers.RepeatedScalarFieldContainer[float]
+    point: str
+    frequency: str
+    season_length: int
+    def __init__(self, context_length: _Optional[int] = ..., min_context: _Optional[int] = ..., max_horizon: _Optional[int] = ..., quantile_levels: _Optional[_Iterable[float]] = ..., point: _Optional[str] = ..., frequency: _Optional[str] = ..., season_length: _Optional[int] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "architecture", "execution_provider", "max_source_tokens", "max_new_tokens", "metadata")
+    __slots__ = ("name", "version", "task", "architecture", "execution_provider", "max_source_tokens", "max_new_tokens", "metadata", "forecast")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +147,7 @@ class ModelInfo(_message.Message):
     MAX_SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     task: str
@@ -91,12 +156,15 @@ class ModelInfo(_message.Message):
     max_source_tokens: int
     max_new_tokens: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., execution_provider: _Optional[str] = ..., max_source_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    forecast: ForecastInfo
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., execution_provider: _Optional[str] = ..., max_source_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., forecast: _Optional[_Union[ForecastInfo, _Mapping]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "default_translation_model")
+    __slots__ = ("models", "default_translation_model", "default_forecast_model")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TRANSLATION_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FORECAST_MODEL_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     default_translation_model: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_translation_model: _Optional[str] = ...) -> None: ...
+    default_forecast_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_translation_model: _Optional[str] = ..., default_forecast_model: _Optional[str] = ...) -> None: ...

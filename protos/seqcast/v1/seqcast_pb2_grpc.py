@@ -147,6 +147,83 @@ class Translation:
             _registered_method=True)
 
 
+class ForecastingStub:
+    """Series-to-future models (forecasting).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Forecast = channel.unary_unary(
+                '/seqcast.v1.Forecasting/Forecast',
+                request_serializer=seqcast_dot_v1_dot_seqcast__pb2.ForecastRequest.SerializeToString,
+                response_deserializer=seqcast_dot_v1_dot_seqcast__pb2.ForecastResponse.FromString,
+                _registered_method=True)
+
+
+class ForecastingServicer:
+    """Series-to-future models (forecasting).
+    """
+
+    def Forecast(self, request, context):
+        """Forecasts every series of the request `horizon` steps ahead; replies once all are done,
+        in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ForecastingServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Forecast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forecast,
+                    request_deserializer=seqcast_dot_v1_dot_seqcast__pb2.ForecastRequest.FromString,
+                    response_serializer=seqcast_dot_v1_dot_seqcast__pb2.ForecastResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'seqcast.v1.Forecasting', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('seqcast.v1.Forecasting', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Forecasting:
+    """Series-to-future models (forecasting).
+    """
+
+    @staticmethod
+    def Forecast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqcast.v1.Forecasting/Forecast',
+            seqcast_dot_v1_dot_seqcast__pb2.ForecastRequest.SerializeToString,
+            seqcast_dot_v1_dot_seqcast__pb2.ForecastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ModelsStub:
     """What the server has loaded.
     """

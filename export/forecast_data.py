@@ -1,0 +1,150 @@
+"""Forecasting tasks: which data set, horizon, context and held-out windows, and the windows
+that training, validation and test draw from them.
+
+A task holds out the end of every series: the last `test_windows` windows of `horizon` steps
+are the test set, the `test_windows` windows before them the validation set, and training
+windows lie entirely before the validation set. A window's history is everything before it,
+so every forecast is made exactly as in production: from the past alone.
+
+Models see the last `context_length` values of the history, scaled per window by
+`MeanAbsScaler` fitted on that context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from seqcast.export.series import SeriesSet, load_tourism, load_vic_elec
+from seqcast.server.scaling import MeanAbsScaler, Scale
+
+SCALER = MeanAbsScaler(center=False)
+
+
+@dataclass(frozen=True)
+class ForecastTask:
+    name: str
+    load: Callable[[], SeriesSet]
+    horizon: int
+    test_windows: int
+    # Values of history the neural models see, and the fewest a request may send.
+    context_length: int
+    min_context: int
+    ar_order: int
+    # Values of history given to the statistical baselines and used for MASE's scale
+    # (None: all of it). Long half-hourly series are cut to keep AutoETS fast.
+    baseline_history: int | None = None
+
+
+TASKS: dict[str, ForecastTask] = {
+    # 304 quarterly series of 80 values: forecast the last 2 years from up to 8 years.
+    "tourism": ForecastTask("tourism", load_tourism, horizon=8, test_windows=1, context_length=32, min_context=8, ar_order=8),
+    # One half-hourly series of 52,608 values: one day ahead from the last week, on each of the
+    # last 14 days.
+    "vic_elec": ForecastTask(
+        "vic_elec", load_vic_elec, horizon=48, test_windows=14, context_length=336, min_context=96,
+        ar_order=336, baseline_history=8 * 336,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forecast to make: the history before it and the values that followed."""
+
+    key: str
+    history: np.ndarray
+    target: np.ndarray
+
+
+def training_series(task: ForecastTask, data: SeriesSet) -> list[np.ndarray]:
+    """Every series up to the validation windows (float32)."""
+    held_out = 2 * task.test_windows * task.horizon
+    return [s.values[: len(s) - held_out] for s in data.series]
+
+
+def windows(task: ForecastTask, data: SeriesSet, part: Literal["validation", "test"]) -> list[Window]:
+    """The held-out windows of every series, by series then time."""
+    h, w = task.horizon, task.test_windows
+    first = 2 * w if part == "validation" else w  # windows back from the end
+    out = []
+    for s in data.series:
+        for i in range(w):
+            start = len(s) - (first - i) * h
+            key = s.key if w == 1 else f"{s.key}#w{i}"
+            out.append(Window(key, s.values[:start], s.values[start : start + h]))
+    return out
+
+
+def scaled_contexts(histories: list[np.ndarray], context_length: int) -> tuple[list[np.ndarray], list[Scale]]:
+    """The last `context_length` values of each history, scaled, and each one's scale."""
+    contexts, scales = [], []
+    for history in histories:
+        context = np.asarray(history[-context_length:], dtype=np.float32)
+        scale = SCALER.fit(context)
+        contexts.append(SCALER.transform(context, scale))
+        scales.append(scale)
+    return contexts, scales
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Training windows, scaled: contexts right-padded with `mask`; `decoder_inputs` are the last
+    context value then the true values before each step; `targets` the true values."""
+
+    context: np.ndarray  # (B, S) float32
+    mask: np.ndarray  # (B, S) int64
+    decoder_inputs: np.ndarray  # (B, H) float32
+    targets: np.ndarray  # (B, H) float32
+
+
+class WindowSampler:
+    """Random training windows: a series in proportion to its windows, a forecast origin, and
+    a context of `context_length` values (shorter near a series' start, and one time in ten
+    cut to a random length down to `min_context`, so short requests are served well)."""
+
+    def __init__(self, series: list[np.ndarray], task: ForecastTask, rng: np.random.Generator) -> None:
+        self.task, self.rng = task, rng
+        self.series = [s for s in series if len(s) >= task.min_context + task.horizon]
+        counts = np.array([len(s) - task.min_context - task.horizon + 1 for s in self.series], dtype=np.float64)
+        if not len(self.series):
+            raise ValueError(f"no series of {task.name} is long enough for a training window")
+        self.weights = counts / counts.sum()
+
+    def sample(self, batch_size: int) -> Batch:
+        t, rng = self.task, self.rng
+        contexts, targets = [], []
+        for i in rng.choice(len(self.series), size=batch_size, p=self.weights):
+            values = self.series[i]
+            origin = int(rng.integers(t.min_context, len(values) - t.horizon + 1))
+            length = min(t.context_length, origin)
+            if rng.random() < 0.1:
+                length = int(rng.integers(t.min_context, length + 1))
+            context = values[origin - length : origin]
+            scale = SCALER.fit(context)
+            contexts.append(SCALER.transform(context, scale))
+            targets.append(SCALER.transform(values[origin : origin + t.horizon], scale))
+        longest = max(len(c) for c in contexts)
+        context = np.zeros((batch_size, longest), dtype=np.float32)
+        mask = np.zeros((batch_size, longest), dtype=np.int64)
+        for row, c in enumerate(contexts):
+            context[row, : len(c)], mask[row, : len(c)] = c, 1
+        target = np.stack(targets).astype(np.float32)
+        last = np.array([c[-1] for c in contexts], dtype=np.float32)[:, None]
+        return Batch(context, mask, np.concatenate([last, target[:, :-1]], axis=1), target)
+
+
+def ar_training_windows(series: list[np.ndarray], task: ForecastTask, order: int) -> list[np.ndarray]:
+    """Scaled windows for fitting AR(p): context plus the horizon after it, every `horizon` steps,
+    each scaled by its context as at inference."""
+    length = max(task.context_length, order)
+    out = []
+    for values in series:
+        for origin in range(length, len(values) - task.horizon + 1, task.horizon):
+            context = values[origin - length : origin]
+            scale = SCALER.fit(context)
+            out.append(SCALER.transform(values[origin - length : origin + task.horizon], scale))
+    return out
