@@ -1,4 +1,4 @@
-"""`seqcast-client`: translate, list models and check health against a seqcast server.
+"""`seqcast-client`: translate, forecast, list models and check health against a seqcast server.
 
 A thin front end over `seqcast.client.SeqcastClient`; the only place in the client that prints.
 """
@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from typing import TextIO
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
 
 import grpc
 
-from seqcast.client.client import DEFAULT_TARGET, SeqcastClient, SeqcastError, TranslationChunk
+from seqcast.client.client import (
+    DEFAULT_TARGET,
+    ForecastResult,
+    SeqcastClient,
+    SeqcastError,
+    SeriesForecast,
+    TranslationChunk,
+)
+from seqcast.client.plot import MatplotlibMissingError, plot_forecasts, require_matplotlib
+from seqcast.client.series_csv import NamedSeries, read_series_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a JSON list of results (with --stream: one JSON object per chunk and line)",
     )
     translate.add_argument("texts", nargs="+", metavar="TEXT", help="texts; '-' reads one per line from stdin")
+
+    forecast = sub.add_parser("forecast", help="forecast the series of a CSV file, one table per series")
+    forecast.add_argument("--model", default="", help="model name (default: the server's default forecast model)")
+    forecast.add_argument("--csv", required=True, type=Path, metavar="FILE", help="the series to forecast")
+    forecast.add_argument("--horizon", required=True, type=_positive_int, metavar="STEPS", help="steps ahead")
+    layout = forecast.add_argument_group(
+        "CSV layout",
+        "wide (default): a header row, then one numeric column per series and optionally a column of "
+        "ISO 8601 time stamps; long (--id-column and --value-column): one row per series and time step",
+    )
+    layout.add_argument(
+        "--column", action="append", default=[], metavar="NAME",
+        help="wide: forecast this column (repeatable; default: every numeric column)",
+    )
+    layout.add_argument("--id-column", metavar="NAME", help="long: the column naming each row's series")
+    layout.add_argument("--value-column", metavar="NAME", help="long: the column of values")
+    layout.add_argument(
+        "--time-column", metavar="NAME",
+        help="the column of ISO 8601 time stamps (wide default: the first column of dates; long: sorts each series)",
+    )
+    forecast.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    forecast.add_argument("--plot", type=Path, metavar="FILE", help="also draw history and forecasts into this PNG")
+    # SUPPRESS: unset here must not override a global --timeout given before the command.
+    forecast.add_argument(
+        "--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS", help="deadline of the call, in seconds"
+    )
 
     sub.add_parser("models", help="list the loaded models")
 
@@ -114,27 +152,171 @@ def _print_in_order(chunks: Iterable[TranslationChunk], out: TextIO) -> int:
     return current
 
 
+def _forecast(client: SeqcastClient, args: argparse.Namespace) -> int:
+    problem = _forecast_usage_problem(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        series = read_series_csv(
+            args.csv, args.column, id_column=args.id_column, value_column=args.value_column,
+            time_column=args.time_column,
+        )
+    except OSError as e:
+        print(f"error: cannot read {args.csv}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # SeriesCsvError: names the file, line and column
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = client.forecast([s.values for s in series], args.horizon, model=args.model, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(forecasts_json(series, result), indent=2))
+    else:
+        print(format_forecasts(series, result), end="")
+    if args.plot is not None:
+        try:
+            plot_forecasts(series, result, args.plot)
+        except (OSError, ValueError) as e:  # e.g. a read-only directory or an unknown image suffix
+            print(f"error: cannot write the plot to {args.plot}: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote the plot to {args.plot}", file=sys.stderr)  # stderr: stdout stays pure JSON
+    return 0
+
+
+def _forecast_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the forecast flags, checked before the file is read and the server called."""
+    if (args.id_column is None) != (args.value_column is None):
+        return "the long layout needs both --id-column and --value-column"
+    if args.id_column is not None and args.column:
+        return "--column selects columns of the wide layout; with --id-column every series in the file is forecast"
+    if args.plot is not None:
+        try:
+            require_matplotlib()
+        except MatplotlibMissingError as e:
+            return f"--plot: {e}"
+        if not args.plot.parent.is_dir():
+            return f"--plot: directory {args.plot.parent} does not exist"
+    return None
+
+
+def forecasts_json(series: Sequence[NamedSeries], result: ForecastResult) -> dict[str, Any]:
+    """The `--json` output: the model, what `point` is, and per series its forecast and time stamps.
+
+    Quantile levels are the keys of `quantiles`, as strings ("0.1"); `times` is null when the CSV
+    had no time stamps.
+    """
+    return {
+        "model": result.model,
+        "model_version": result.model_version,
+        "point": result.point,
+        "series": [
+            {
+                "name": s.name,
+                "context_used": f.context_used,
+                "times": _iso_times(s.future_times(len(f.point))),
+                "point": f.point,
+                "quantiles": {str(level): values for level, values in f.quantiles.items()},
+            }
+            for s, f in zip(series, result.forecasts, strict=True)
+        ],
+    }
+
+
+def format_forecasts(series: Sequence[NamedSeries], result: ForecastResult) -> str:
+    """The default output: a line naming the model, then one table per series (step, time, point, quantiles)."""
+    blocks = [f"model {result.model} (version {result.model_version}); POINT is the {result.point}\n"]
+    for s, f in zip(series, result.forecasts, strict=True):
+        blocks.append(f"{s.name} ({f.context_used} values used)\n" + _forecast_table(f, s.future_times(len(f.point))))
+    return "\n".join(blocks)
+
+
+def _forecast_table(f: SeriesForecast, times: list[datetime] | None) -> str:
+    digits = _decimals([*f.point, *(v for values in f.quantiles.values() for v in values)])
+    header = ["STEP", *(["TIME"] if times is not None else []), "POINT", *(f"Q{level:g}" for level in f.quantiles)]
+    stamps = _iso_times(times, sep=" ")
+    rows = [
+        [
+            str(step + 1),
+            *([stamps[step]] if stamps is not None else []),
+            f"{f.point[step]:.{digits}f}",
+            *(f"{values[step]:.{digits}f}" for values in f.quantiles.values()),
+        ]
+        for step in range(len(f.point))
+    ]
+    numbers = [i for i, name in enumerate(header) if name != "TIME"]
+    return "".join(line + "\n" for line in _table(header, rows, right_aligned=numbers))
+
+
+def _decimals(values: Sequence[float]) -> int:
+    """Decimals that show five significant digits of the largest value (0 to 6), for aligned columns."""
+    scale = max((abs(v) for v in values), default=0.0)
+    if scale == 0 or not math.isfinite(scale):
+        return 2
+    return min(6, max(0, 4 - math.floor(math.log10(scale))))
+
+
+def _iso_times(times: list[datetime] | None, sep: str = "T") -> list[str] | None:
+    """ISO 8601 strings, dates only when every time stamp is a midnight without a time zone."""
+    if times is None:
+        return None
+    if all(t.tzinfo is None and t.time() == datetime.min.time() for t in times):
+        return [t.date().isoformat() for t in times]
+    return [t.isoformat(sep=sep) for t in times]
+
+
 def _models(client: SeqcastClient, args: argparse.Namespace) -> int:
     models = client.list_models(timeout=args.timeout)
-    header = ("NAME", "VERSION", "TASK", "ARCHITECTURE", "PROVIDER", "MAX SOURCE", "MAX NEW")
+    header = ["NAME", "VERSION", "TASK", "ARCHITECTURE", "PROVIDER", "MAX SOURCE", "MAX NEW"]
     rows = [
-        (
+        [
             m.name + (" *" if m.is_default else ""),
             m.version,
             m.task,
             m.architecture,
             m.execution_provider,
-            str(m.max_source_tokens),
-            str(m.max_new_tokens),
-        )
+            str(m.max_source_tokens) if m.forecast is None else "-",
+            str(m.max_new_tokens) if m.forecast is None else "-",
+        ]
         for m in models
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    if any(m.is_default for m in models):
-        print("* default translation model")
+    for line in _table(header, rows):
+        print(line)
+    forecasters = [(m.name, m.forecast) for m in models if m.forecast is not None]
+    if forecasters:
+        print()
+        header = ["FORECAST MODEL", "CONTEXT", "MIN CONTEXT", "MAX HORIZON", "POINT", "LEVELS", "FREQUENCY", "SEASON"]
+        rows = [
+            [
+                name,
+                str(info.context_length),
+                str(info.min_context),
+                str(info.max_horizon),
+                info.point,
+                ",".join(f"{level:g}" for level in info.quantile_levels) or "-",
+                info.frequency or "-",
+                str(info.season_length),
+            ]
+            for name, info in forecasters
+        ]
+        for line in _table(header, rows):
+            print(line)
+    default_tasks = list(dict.fromkeys(m.task for m in models if m.is_default))
+    if len(default_tasks) == 1:
+        print(f"* default {default_tasks[0]} model")
+    elif default_tasks:
+        print(f"* default model of its task ({', '.join(default_tasks)})")
     return 0
+
+
+def _table(header: list[str], rows: list[list[str]], right_aligned: Iterable[int] = ()) -> list[str]:
+    """Lines of a table with two spaces between columns, left-aligned but for `right_aligned` ones."""
+    right = set(right_aligned)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
 
 
 def _health(client: SeqcastClient, args: argparse.Namespace) -> int:
@@ -150,7 +332,7 @@ def _positive_int(value: str) -> int:
     return number
 
 
-COMMANDS = {"translate": _translate, "models": _models, "health": _health}
+COMMANDS = {"translate": _translate, "forecast": _forecast, "models": _models, "health": _health}
 
 if __name__ == "__main__":
     sys.exit(main())

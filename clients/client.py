@@ -1,4 +1,5 @@
-"""Python client for a seqcast server: the `Translation`, `Models` and `grpc.health.v1` services.
+"""Python client for a seqcast server: the `Translation`, `Forecasting`, `Models` and
+`grpc.health.v1` services.
 
 Built on the generated stubs in `seqcast.v1` and a plain `grpc.Channel`. Results come back as
 frozen dataclasses rather than protobuf messages, finish reasons as lowercase strings ("eos",
@@ -7,6 +8,7 @@ frozen dataclasses rather than protobuf messages, finish reasons as lowercase st
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -60,6 +62,40 @@ class TranslationChunk:
 
 
 @dataclass(frozen=True)
+class SeriesForecast:
+    """The forecast of one request series, one value per step ahead."""
+
+    point: list[float]  # the median or the mean, see `ForecastResult.point`
+    quantiles: dict[float, list[float]]  # level -> values, ascending levels; empty for point-only models
+    context_used: int  # values of the series the model saw (its last ones)
+
+
+@dataclass(frozen=True)
+class ForecastResult:
+    """The forecasts of one request, one per series in request order."""
+
+    model: str
+    model_version: str
+    point: str  # "median" or "mean"
+    forecasts: list[SeriesForecast]
+
+
+@dataclass(frozen=True)
+class ForecastInfo:
+    """What a forecast model accepts and returns."""
+
+    # Values per series the model sees, and the fewest it accepts.
+    context_length: int
+    min_context: int
+    max_horizon: int
+    quantile_levels: list[float]  # ascending; empty for point-only models
+    point: str  # "median" or "mean"
+    # pandas offset alias of the training data (e.g. "QS", "30min") and its seasonal period.
+    frequency: str
+    season_length: int
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model the server has loaded."""
 
@@ -71,7 +107,8 @@ class ModelInfo:
     max_source_tokens: int
     max_new_tokens: int
     metadata: dict[str, str] = field(default_factory=dict)
-    is_default: bool = False  # the server's default translation model
+    is_default: bool = False  # the server's default model for its task
+    forecast: ForecastInfo | None = None  # set for forecast models
 
 
 def _finish_reason(value: int) -> str:
@@ -92,6 +129,7 @@ class SeqcastClient:
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else grpc.insecure_channel(target)
         self._translation = seqcast_pb2_grpc.TranslationStub(self._channel)
+        self._forecasting = seqcast_pb2_grpc.ForecastingStub(self._channel)
         self._models = seqcast_pb2_grpc.ModelsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -157,12 +195,35 @@ class SeqcastClient:
         call = self._translation.TranslateStream(_request(texts, model, max_new_tokens), timeout=timeout)
         return _chunks(call)
 
+    def forecast(
+        self,
+        series: Sequence[Sequence[float]],
+        horizon: int,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> ForecastResult:
+        """Forecasts each series (values oldest first) `horizon` steps ahead; one result per series.
+
+        `model` empty means the server's default forecast model; `timeout` is the call's deadline
+        in seconds.
+        """
+        request = _forecast_request(series, horizon, model)
+        try:
+            response = self._forecasting.Forecast(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise SeqcastError.from_rpc_error(e) from None
+        return _forecast_result(response)
+
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
-        """The models the server has loaded; the default translation model has `is_default`."""
+        """The models the server has loaded; the default model of each task has `is_default`."""
         try:
             response = self._models.ListModels(seqcast_pb2.ListModelsRequest(), timeout=timeout)
         except grpc.RpcError as e:
             raise SeqcastError.from_rpc_error(e) from None
+        defaults = {
+            "translation": response.default_translation_model,
+            "forecast": response.default_forecast_model,
+        }
         return [
             ModelInfo(
                 name=m.name,
@@ -173,7 +234,8 @@ class SeqcastClient:
                 max_source_tokens=m.max_source_tokens,
                 max_new_tokens=m.max_new_tokens,
                 metadata=dict(m.metadata),
-                is_default=m.name == response.default_translation_model,
+                is_default=m.name == defaults.get(m.task),
+                forecast=_forecast_info(m.forecast) if m.HasField("forecast") else None,
             )
             for m in response.models
         ]
@@ -194,6 +256,40 @@ def _request(
     texts = [texts] if isinstance(texts, str) else list(texts)
     # Leave the optional field unset for None: the server then uses the model's maximum.
     return seqcast_pb2.TranslateRequest(model=model, texts=texts, max_new_tokens=max_new_tokens)
+
+
+def _forecast_request(
+    series: Sequence[Sequence[float]], horizon: int, model: str
+) -> seqcast_pb2.ForecastRequest:
+    if len(series) > 0 and isinstance(series[0], numbers.Real):
+        raise TypeError("series is a list of series; pass one series as [values]")
+    # float() accepts NumPy scalars of any width, which the protobuf field does not.
+    messages = [seqcast_pb2.Series(values=[float(v) for v in s]) for s in series]
+    return seqcast_pb2.ForecastRequest(model=model, series=messages, horizon=horizon)
+
+
+def _forecast_result(response: seqcast_pb2.ForecastResponse) -> ForecastResult:
+    forecasts = [
+        SeriesForecast(
+            point=list(f.point),
+            quantiles={q.level: list(q.values) for q in f.quantiles},
+            context_used=f.context_used,
+        )
+        for f in response.forecasts
+    ]
+    return ForecastResult(response.model, response.model_version, response.point, forecasts)
+
+
+def _forecast_info(info: seqcast_pb2.ForecastInfo) -> ForecastInfo:
+    return ForecastInfo(
+        context_length=info.context_length,
+        min_context=info.min_context,
+        max_horizon=info.max_horizon,
+        quantile_levels=list(info.quantile_levels),
+        point=info.point,
+        frequency=info.frequency,
+        season_length=info.season_length,
+    )
 
 
 def _chunks(call: Iterator[seqcast_pb2.TranslateChunk]) -> Iterator[TranslationChunk]:

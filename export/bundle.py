@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -24,7 +25,7 @@ from seqcast.export.onnx_export import OPSET, export_pair, round_weights_fp16
 from seqcast.export.parity import TOLERANCE, check_parity
 from seqcast.export.train import SPECIAL, load_model
 from seqcast.export.transformer import Transformer
-from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest, Parity
+from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest
 from seqcast.server.models import sha256
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,40 @@ def _dims(model: torch.nn.Module) -> dict[str, int]:
     return dims
 
 
+def export_info(weights_dtype: str) -> ExportInfo:
+    return ExportInfo(
+        torch=torch.__version__,
+        onnx=onnx.__version__,
+        onnxruntime=onnxruntime.__version__,
+        opset=OPSET,
+        weights_dtype=weights_dtype,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def checksums(work: Path) -> dict[str, str]:
+    """sha256 of every file of a bundle directory but the manifest."""
+    return {f.name: sha256(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
+
+
+def write_bundle(destination: Path, overwrite: bool, build: Callable[[Path], Manifest]) -> Path:
+    """Runs `build(work_dir)` (write the graphs and files, check them, return the manifest) in a
+    temporary directory beside `destination`, then moves the finished bundle into place."""
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} exists; choose another --version or pass --overwrite")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}-") as tmp:
+        work = Path(tmp)
+        build(work).write(work)
+        if destination.exists():
+            shutil.rmtree(destination)
+        work.rename(destination)
+        # TemporaryDirectory cleanup expects the folder; leave an empty one for it to remove.
+        work.mkdir()
+    log.info("bundle written to %s", destination)
+    return destination
+
+
 def export_bundle(
     run_dir: Path,
     models_dir: Path,
@@ -51,31 +86,25 @@ def export_bundle(
     tolerance: float = TOLERANCE,
     overwrite: bool = False,
 ) -> Path:
-    """Exports the best checkpoint of run_dir to models_dir/name/version; returns the bundle path."""
+    """Exports the best checkpoint of a translation run to models_dir/name/version."""
     model, cfg, tokenizer = load_model(run_dir)
     corpus = corpus or Path(cfg.corpus)
-    destination = models_dir / name / version
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} exists; choose another --version or pass --overwrite")
     round_weights_fp16(model)
     graphs = graphs_for(model)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{version}-") as tmp:
-        work = Path(tmp)
+
+    def build(work: Path) -> Manifest:
         export_pair(graphs, work, cfg.vocab_size)
         shutil.copy(run_dir / "tokenizer.json", work / "tokenizer.json")
-
         test = read_split(corpus, "test", PARITY_SENTENCES)
         sources = encode_sources(tokenizer, [p.en for p in test], cfg.max_tokens)
         report = check_parity(model, graphs, work, SPECIAL, cfg.vocab_size, sources, tolerance=tolerance)
         log.info(
-            "parity ok: encoder %.2e, logits %.2e over %d cases; %d sentences decoded identically",
-            report.max_abs_diff_encoder, report.max_abs_diff_logits, report.cases, report.sentences,
+            "parity ok: encoder %.2e, decoder %.2e over %d cases; %d sentences decoded identically",
+            report.max_abs_diff_encoder, report.max_abs_diff_decoder, report.cases, report.sentences,
         )
-
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        manifest = Manifest(
+        return Manifest(
             name=name,
             version=version,
             task="translation",
@@ -89,24 +118,9 @@ def export_bundle(
             max_new_tokens=max_new_tokens,
             encoder=graphs.encoder_spec,
             decoder=graphs.decoder_spec,
-            files={f.name: sha256(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE},
-            export=ExportInfo(
-                torch=torch.__version__,
-                onnx=onnx.__version__,
-                onnxruntime=onnxruntime.__version__,
-                opset=OPSET,
-                weights_dtype="float16",
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            ),
-            parity=Parity(
-                tolerance=report.tolerance,
-                max_abs_diff_encoder=report.max_abs_diff_encoder,
-                max_abs_diff_logits=report.max_abs_diff_logits,
-                cases=report.cases,
-                sentences=report.sentences,
-                cached_matches_uncached=report.cached_matches_uncached,
-                onnx_matches_pytorch=report.onnx_matches_pytorch,
-            ),
+            files=checksums(work),
+            export=export_info("float16"),
+            parity=report.to_manifest(),
             training={
                 "corpus": str(corpus),
                 "config": json.loads((run_dir / "config.json").read_text()),
@@ -115,11 +129,5 @@ def export_bundle(
                 "test_pytorch": metrics.get("test"),
             },
         )
-        manifest.write(work)
-        if destination.exists():
-            shutil.rmtree(destination)
-        work.rename(destination)
-        # TemporaryDirectory cleanup expects the folder; leave an empty one for it to remove.
-        work.mkdir()
-    log.info("bundle written to %s", destination)
-    return destination
+
+    return write_bundle(models_dir / name / version, overwrite, build)

@@ -16,23 +16,56 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from seqcast.export.config import TrainConfig
-
-    p = sub.add_parser("train", help="train a translation model (progress bar, dev loss, checkpoints, resume)")
-    p.add_argument("--run-dir", type=Path, required=True, help="where checkpoints, tokenizer and metrics go")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
-    # One flag per TrainConfig field, typed from its annotation (`int | None` takes an int).
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+def _config_flags(p: argparse.ArgumentParser, config: type) -> None:
+    """One flag per field of a config dataclass, typed from its annotation (`int | None` takes an int)."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
         flag, kind = f"--{f.name.replace('_', '-')}", hints[f.name]
-        if kind is bool:
+        if typing.get_origin(kind) is tuple:
+            p.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=f.default)
+        elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, choices=typing.get_args(kind), default=f.default)
         else:
             scalar = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
             p.add_argument(flag, type=scalar, default=f.default)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from seqcast.export.config import TrainConfig
+
+    p = sub.add_parser("train", help="train a translation model (progress bar, dev loss, checkpoints, resume)")
+    p.add_argument("--run-dir", type=Path, required=True, help="where checkpoints, tokenizer and metrics go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
+    _config_flags(p, TrainConfig)
+
+
+def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
+    from seqcast.export.config import ForecastConfig
+
+    p = sub.add_parser(
+        "train-forecast",
+        help="train a forecaster (transformer, LSTM with attention) or fit AR(p) on tourism or vic_elec",
+    )
+    p.add_argument("--run-dir", type=Path, required=True, help="where the checkpoint, config and metrics go")
+    _config_flags(p, ForecastConfig)
+
+
+def _run_train_forecast(args: argparse.Namespace) -> int:
+    from seqcast.export.config import ForecastConfig
+    from seqcast.export.forecast_train import train_forecaster
+
+    fields = {f.name for f in dataclasses.fields(ForecastConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    cfg = ForecastConfig(**{**values, "quantile_levels": tuple(values["quantile_levels"])})
+    try:
+        metrics = train_forecaster(cfg, args.run_dir)
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: metrics[k] for k in ("data", "architecture", "steps", "best_validation_mase")}))
+    return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -51,25 +84,32 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained run to an ONNX bundle (parity-checked)")
+    p = sub.add_parser("export", help="export a trained run (translation or forecast) to an ONNX bundle (parity-checked)")
     p.add_argument("--run-dir", type=Path, required=True, help="training run directory (uses best.pt)")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="bundle root (default: models)")
     p.add_argument("--name", required=True, help="model name, e.g. en-de")
     p.add_argument("--version", default="1")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="translation: the most tokens a request may ask for")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed, PyTorch vs ONNX Runtime")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle of that name and version")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from seqcast.export.bundle import export_bundle
+    from seqcast.export.forecast_bundle import export_forecast_bundle
+    from seqcast.export.forecast_train import is_forecast_run
     from seqcast.export.parity import ParityError
 
     try:
-        path = export_bundle(
-            args.run_dir, args.models_dir, args.name, args.version,
-            max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, overwrite=args.overwrite,
-        )
+        if is_forecast_run(args.run_dir):
+            path = export_forecast_bundle(
+                args.run_dir, args.models_dir, args.name, args.version, tolerance=args.tolerance, overwrite=args.overwrite
+            )
+        else:
+            path = export_bundle(
+                args.run_dir, args.models_dir, args.name, args.version,
+                max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, overwrite=args.overwrite,
+            )
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -120,16 +160,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the export-path subcommands on the `seqcast` parser."""
     _add_data(sub)
     _add_train(sub)
+    _add_train_forecast(sub)
     _add_export(sub)
     _add_evaluate(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    commands = {"data": _run_data, "train": _run_train, "export": _run_export, "evaluate": _run_evaluate}
+    commands = {
+        "data": _run_data, "train": _run_train, "train-forecast": _run_train_forecast, "export": _run_export,
+        "evaluate": _run_evaluate,
+    }
     try:
         return commands[args.command](args)
     except ModuleNotFoundError as e:
-        if e.name in ("torch", "onnx", "sacrebleu", "polib", "sklearn", "tqdm"):
+        if e.name in ("torch", "onnx", "sacrebleu", "polib", "sklearn", "tqdm", "pandas", "tsdata", "statsforecast"):
             print(f"error: seqcast {args.command} needs the training extras ({e.name} is missing): "
                   "pip install -e '.[train]'", file=sys.stderr)
             return 2

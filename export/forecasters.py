@@ -205,6 +205,11 @@ class ArForecaster(nn.Module):
         window = torch.cat([past, value], dim=1)
         return self.linear(window).unsqueeze(1), window[:, 1:]
 
+    def forward(self, context: Tensor, mask: Tensor, decoder_inputs: Tensor) -> Tensor:
+        """Means (B, T, 1) for decoder_inputs (B, T), each from its own full window of p values."""
+        sequence = torch.cat([self.encode(context, mask), decoder_inputs], dim=1)  # (B, p - 1 + T)
+        return self.linear(sequence.unfold(1, self.order, 1))
+
 
 def fit_ar(windows: Sequence[np.ndarray], order: int) -> tuple[np.ndarray, float]:
     """Least-squares AR(p) coefficients (oldest lag first) and intercept over scaled windows."""
@@ -223,6 +228,7 @@ def fit_ar(windows: Sequence[np.ndarray], order: int) -> tuple[np.ndarray, float
 
 
 def build_forecaster(cfg: ForecastConfig) -> nn.Module:
+    """The untrained model of `cfg`; an AR order of 0 in `cfg` must be resolved by the caller."""
     if cfg.architecture == "transformer":
         return TransformerForecaster(cfg)
     if cfg.architecture in ("lstm-additive", "lstm-dot"):

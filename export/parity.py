@@ -21,7 +21,7 @@ from torch import nn
 
 from seqcast.export.graphs import GraphPair, TorchRuntime, sample_inputs
 from seqcast.server.decoding import greedy_tokens
-from seqcast.server.manifest import SpecialTokens, TensorSpec
+from seqcast.server.manifest import Parity, SpecialTokens, TensorSpec
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,33 @@ class ParityError(Exception):
 class ParityReport:
     tolerance: float
     max_abs_diff_encoder: float = 0.0
-    max_abs_diff_logits: float = 0.0
+    max_abs_diff_decoder: float = 0.0
     cases: int = 0
     sentences: int = 0
     cached_matches_uncached: bool = False
     onnx_matches_pytorch: bool = False
+    max_abs_diff_forecast_scaled: float | None = None
+    max_abs_diff_forecast_data: float | None = None
+    max_abs_diff_cached_uncached: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_manifest(self) -> Parity:
+        return Parity(
+            tolerance=self.tolerance,
+            max_abs_diff_encoder=self.max_abs_diff_encoder,
+            max_abs_diff_decoder=self.max_abs_diff_decoder,
+            cases=self.cases,
+            sentences=self.sentences,
+            cached_matches_uncached=self.cached_matches_uncached,
+            onnx_matches_pytorch=self.onnx_matches_pytorch,
+            max_abs_diff_forecast_scaled=self.max_abs_diff_forecast_scaled,
+            max_abs_diff_forecast_data=self.max_abs_diff_forecast_data,
+            max_abs_diff_cached_uncached=self.max_abs_diff_cached_uncached,
+        )
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,7 @@ def graph_parity(torch_rt: TorchRuntime, onnx_rt: OnnxModel, vocab: int, cases: 
         feeds = _case_inputs(graphs.decoder_spec.inputs, case, vocab, rng)
         step_diff = _max_diff(torch_rt.step(feeds), onnx_rt.step(feeds))
         report.max_abs_diff_encoder = max(report.max_abs_diff_encoder, enc_diff)
-        report.max_abs_diff_logits = max(report.max_abs_diff_logits, step_diff)
+        report.max_abs_diff_decoder = max(report.max_abs_diff_decoder, step_diff)
         report.cases += 1
         log.info("parity %s: encoder %.2e, decoder step %.2e", case, enc_diff, step_diff)
         if enc_diff > report.tolerance or step_diff > report.tolerance:

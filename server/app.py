@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from seqcast.server.models import ModelRegistry
 from seqcast.server.runtime import RuntimeOptions
-from seqcast.server.service import ModelsServicer, TranslationServicer
+from seqcast.server.service import ForecastingServicer, ModelsServicer, TranslationServicer
 from seqcast.server.settings import ServerSettings
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
@@ -46,7 +46,7 @@ class RunningServer:
         self.registry.close()
 
 
-_SERVICES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Models")]
+_SERVICES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Forecasting", "Models")]
 
 
 def runtime_options(settings: ServerSettings) -> RuntimeOptions:
@@ -55,9 +55,12 @@ def runtime_options(settings: ServerSettings) -> RuntimeOptions:
 
 async def create_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Loads the bundles (unless a registry is given), binds, starts; returns the running server."""
-    registry = registry or ModelRegistry.load(settings.model_dir, runtime_options(settings), settings.default_model)
+    registry = registry or ModelRegistry.load(
+        settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model
+    )
     server = grpc.aio.server()
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
+    pb_grpc.add_ForecastingServicer_to_server(ForecastingServicer(registry, settings), server)
     pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -93,11 +93,17 @@ class Parity(_Frozen):
 
     tolerance: float
     max_abs_diff_encoder: float
-    max_abs_diff_logits: float
+    max_abs_diff_decoder: float
     cases: int = Field(description="batch / length / past-length combinations compared")
     sentences: int = Field(description="real sentences (or series) decoded for the cached/uncached checks")
     cached_matches_uncached: bool
     onnx_matches_pytorch: bool
+    # Forecasts only: whole forecasts of real held-out windows, ONNX Runtime against PyTorch, in
+    # scaled units (relative to each series' scale) and in the data's own units; and, for
+    # transformers, cached against uncached decoding in scaled units.
+    max_abs_diff_forecast_scaled: float | None = None
+    max_abs_diff_forecast_data: float | None = None
+    max_abs_diff_cached_uncached: float | None = None
 
 
 class ForecastSpec(_Frozen):

@@ -14,13 +14,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
-from seqcast.server.errors import ModelNotFound
+from seqcast.server.errors import InvalidArgument, ModelNotFound
 from seqcast.server.manifest import MANIFEST_FILE, Manifest
 from seqcast.server.runtime import BundleMismatch, OnnxModel, RuntimeOptions
+from seqcast.server.scaling import MeanAbsScaler
 from seqcast.server.text import TextCodec
+
+Task = Literal["translation", "forecast"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
         raise BundleRefused(f"no {MANIFEST_FILE}") from None
     except ValidationError as e:
         raise BundleRefused(f"{MANIFEST_FILE} is not a valid manifest: {e.error_count()} problems, first: {e.errors()[0]['msg']}") from None
-    needed = {manifest.encoder.file, manifest.decoder.file, manifest.tokenizer}
+    needed = {manifest.encoder.file, manifest.decoder.file} | ({manifest.tokenizer} if manifest.tokenizer else set())
     if missing := needed - set(manifest.files):
         raise BundleRefused(f"manifest lists no checksum for {sorted(missing)}")
     for name, expected in manifest.files.items():
@@ -75,12 +79,14 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
 
 @dataclass
 class LoadedModel:
-    """A servable model: its manifest, sessions, tokenizer and the worker that decodes for it."""
+    """A servable model: its manifest, sessions, tokenizer or scaler, and the worker that decodes for it."""
 
     path: Path
     manifest: Manifest
     runtime: OnnxModel
-    codec: TextCodec
+    # Translation models have a tokenizer, forecast models a scaler.
+    codec: TextCodec | None
+    scaler: MeanAbsScaler | None
     # One decoding thread per model: ONNX Runtime releases the GIL, the event loop stays free.
     worker: ThreadPoolExecutor = field(init=False)
     # Requests admitted and not yet finished (decoding or waiting for the worker).
@@ -103,20 +109,30 @@ def load_model(bundle_dir: Path, options: RuntimeOptions) -> LoadedModel:
         raise BundleRefused(str(e)) from None
     except Exception as e:  # ONNX Runtime's own load errors (corrupt graph, unsupported op)
         raise BundleRefused(f"ONNX Runtime could not load it: {e}") from None
+    if manifest.forecast is not None:
+        return LoadedModel(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
     codec = TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos)
-    return LoadedModel(bundle_dir, manifest, runtime, codec)
+    return LoadedModel(bundle_dir, manifest, runtime, codec, None)
 
 
 class ModelRegistry:
-    def __init__(self, models: list[LoadedModel], default_model: str = "") -> None:
+    def __init__(self, models: list[LoadedModel], default_model: str = "", default_forecast_model: str = "") -> None:
         self.models = {m.name: m for m in models}
-        if default_model and default_model not in self.models:
-            raise ValueError(f"default model {default_model!r} is not loaded (loaded: {sorted(self.models)})")
-        translation = sorted(n for n, m in self.models.items() if m.manifest.task == "translation")
-        self.default_translation = default_model or ("en-de" if "en-de" in translation else (translation or [""])[0])
+        self.defaults = {
+            "translation": self._default("translation", default_model, "en-de"),
+            "forecast": self._default("forecast", default_forecast_model, "tourism"),
+        }
+
+    def _default(self, task: Task, chosen: str, preferred: str) -> str:
+        names = sorted(n for n, m in self.models.items() if m.manifest.task == task)
+        if chosen and chosen not in names:
+            raise ValueError(f"default {task} model {chosen!r} is not loaded (loaded {task} models: {names})")
+        return chosen or (preferred if preferred in names else (names or [""])[0])
 
     @classmethod
-    def load(cls, model_dir: Path, options: RuntimeOptions, default_model: str = "") -> "ModelRegistry":
+    def load(
+        cls, model_dir: Path, options: RuntimeOptions, default_model: str = "", default_forecast_model: str = ""
+    ) -> "ModelRegistry":
         loaded = []
         for bundle_dir in discover(model_dir):
             try:
@@ -131,14 +147,20 @@ class ModelRegistry:
             loaded.append(model)
         if not loaded:
             log.warning("no servable bundle under %s", model_dir)
-        return cls(loaded, default_model)
+        return cls(loaded, default_model, default_forecast_model)
 
-    def get(self, name: str) -> LoadedModel:
-        name = name or self.default_translation
+    def get(self, name: str, task: Task) -> LoadedModel:
+        """The model called `name` (empty: the default model of `task`), which must serve `task`."""
+        name = name or self.defaults[task]
         try:
-            return self.models[name]
+            model = self.models[name]
         except KeyError:
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {sorted(self.models) or 'none'}") from None
+            loaded = sorted(n for n, m in self.models.items() if m.manifest.task == task)
+            raise ModelNotFound(f"{task} model {name!r} is not loaded; loaded {task} models: {loaded or 'none'}") from None
+        if model.manifest.task != task:
+            other = "Forecasting.Forecast" if model.manifest.task == "forecast" else "Translation.Translate"
+            raise InvalidArgument(f"model {name!r} is a {model.manifest.task} model: call {other} with it, or name a {task} model")
+        return model
 
     def close(self) -> None:
         for model in self.models.values():

@@ -1,6 +1,6 @@
 """gRPC servicers: protobuf messages in and out, domain errors mapped to status codes here only.
 
-Handlers call `seqcast.server.translation`, which raises `ServingError` subclasses for what the
+Handlers call `seqcast.server.translation` and `seqcast.server.forecasting`, which raise `ServingError` subclasses for what the
 caller did wrong or what the server cannot take now; anything else is a bug, answered INTERNAL
 with the traceback logged.
 """
@@ -15,9 +15,10 @@ from typing import TypeVar
 
 import grpc
 
-from seqcast.server import translation
+from seqcast.server import forecasting, translation
 from seqcast.server.decoding import Finish
 from seqcast.server.errors import ServingError
+from seqcast.server.manifest import ForecastSpec
 from seqcast.server.models import ModelRegistry
 from seqcast.server.settings import ServerSettings
 from seqcast.v1 import seqcast_pb2 as pb
@@ -66,7 +67,7 @@ class TranslationServicer(pb_grpc.TranslationServicer):
         self.settings = settings
 
     def _job(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> translation.TranslateJob:
-        model = self.registry.get(request.model)
+        model = self.registry.get(request.model, "translation")
         max_new = request.max_new_tokens if request.HasField("max_new_tokens") else None
         return translation.prepare(model, list(request.texts), max_new, self.settings, context.time_remaining())
 
@@ -106,6 +107,36 @@ class TranslationServicer(pb_grpc.TranslationServicer):
             await _abort(context, e, "TranslateStream")
 
 
+class ForecastingServicer(pb_grpc.ForecastingServicer):
+    def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+
+    @_unary_errors
+    async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext) -> pb.ForecastResponse:
+        model = self.registry.get(request.model, "forecast")
+        series = [s.values for s in request.series]
+        job = forecasting.prepare(model, series, request.horizon, self.settings, context.time_remaining())
+        results = await forecasting.forecast(job, self.settings, _stop_on_done(context))
+        spec = model.manifest.forecast
+        assert spec is not None
+        point = spec.columns.index(spec.point)
+        levels = [(i, float(c)) for i, c in enumerate(spec.columns) if c != "mean"]
+        return pb.ForecastResponse(
+            model=model.name,
+            model_version=model.manifest.version,
+            point="mean" if spec.point == "mean" else "median",
+            forecasts=[
+                pb.SeriesForecast(
+                    point=r.columns[:, point].tolist(),
+                    quantiles=[pb.QuantileForecast(level=q, values=r.columns[:, i].tolist()) for i, q in levels],
+                    context_used=r.context_used,
+                )
+                for r in results
+            ],
+        )
+
+
 class ModelsServicer(pb_grpc.ModelsServicer):
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -121,13 +152,30 @@ class ModelsServicer(pb_grpc.ModelsServicer):
                     task=m.task,
                     architecture=m.architecture,
                     execution_provider=model.runtime.provider,
-                    max_source_tokens=m.max_source_tokens,
-                    max_new_tokens=m.max_new_tokens,
+                    max_source_tokens=m.max_source_tokens or 0,
+                    max_new_tokens=m.max_new_tokens or 0,
                     metadata={
-                        "source_language": m.source_language,
-                        "target_language": m.target_language,
+                        **({"source_language": m.source_language} if m.source_language else {}),
+                        **({"target_language": m.target_language} if m.target_language else {}),
                         **{k: str(v) for k, v in m.dims.items()},
                     },
+                    forecast=_forecast_info(m.forecast) if m.forecast else None,
                 )
             )
-        return pb.ListModelsResponse(models=models, default_translation_model=self.registry.default_translation)
+        return pb.ListModelsResponse(
+            models=models,
+            default_translation_model=self.registry.defaults["translation"],
+            default_forecast_model=self.registry.defaults["forecast"],
+        )
+
+
+def _forecast_info(spec: ForecastSpec) -> pb.ForecastInfo:
+    return pb.ForecastInfo(
+        context_length=spec.context_length,
+        min_context=spec.min_context,
+        max_horizon=spec.max_horizon,
+        quantile_levels=spec.quantile_levels,
+        point="mean" if spec.point == "mean" else "median",
+        frequency=spec.frequency,
+        season_length=spec.season_length,
+    )

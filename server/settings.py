@@ -22,8 +22,10 @@ class ServerSettings(BaseSettings):
 
     # Bundles: every models/<name>/<version>/ below this directory; the highest version per name.
     model_dir: Path = Path("models")
-    # Model used when a request names none; empty: "en-de" if loaded, else the first by name.
+    # Models used when a request names none; empty: "en-de" (translation) and "tourism"
+    # (forecast) if loaded, else the first of the task by name.
     default_model: str = ""
+    default_forecast_model: str = ""
 
     # ONNX Runtime: "auto" uses CUDA where onnxruntime-gpu and a GPU are present.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -34,6 +36,10 @@ class ServerSettings(BaseSettings):
     # max_source_tokens once tokenized, are refused with INVALID_ARGUMENT (never truncated).
     max_texts_per_request: int = Field(64, ge=1)
     max_input_chars: int = Field(2000, ge=1)
+    # Forecast requests: series per request, and the most series one decoder batch runs (a
+    # larger request runs as several batches, one after another).
+    max_series_per_request: int = Field(4096, ge=1)
+    forecast_batch_rows: int = Field(256, ge=1)
     # Requests waiting per model beyond the one decoding; more get RESOURCE_EXHAUSTED at once.
     max_queued_requests: int = Field(64, ge=0)
 

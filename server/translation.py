@@ -1,4 +1,4 @@
-"""Translation requests: validation, admission, and running greedy decoding on the model's worker.
+"""Translation requests: validation, and greedy decoding on the model's worker.
 
 Over-long input is refused, never truncated: a text over `max_input_chars` characters, or over
 the model's `max_source_tokens` once tokenized, gets INVALID_ARGUMENT naming the text's index,
@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from seqcast.server.decoding import Finish, greedy_decode
-from seqcast.server.errors import DeadlineExceeded, InvalidArgument, Overloaded
+from seqcast.server.errors import InvalidArgument
 from seqcast.server.models import LoadedModel
 from seqcast.server.settings import ServerSettings
 from seqcast.server.text import StreamDetokenizer
+from seqcast.server.worker import run_on_worker
 
 
 @dataclass(frozen=True)
@@ -81,42 +82,18 @@ def prepare(
     return TranslateJob(model, sources, [max_new_tokens or most] * len(texts), deadline)
 
 
-class _Admission:
-    """Counts a model's admitted requests; past the bound a request is refused at once."""
-
-    def __init__(self, model: LoadedModel, max_queued: int) -> None:
-        self.model, self.max_queued = model, max_queued
-
-    def __enter__(self) -> None:
-        with self.model.lock:
-            # One request decodes; up to max_queued wait behind it.
-            if self.model.pending > self.max_queued:
-                raise Overloaded(
-                    f"model {self.model.name} has {self.model.pending} requests in flight (limit "
-                    f"{self.max_queued + 1}); retry with backoff"
-                )
-            self.model.pending += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self.model.lock:
-            self.model.pending -= 1
-
-
 OnToken = Callable[[int, int | None, Finish | None], None]
 
 
 async def _run(job: TranslateJob, settings: ServerSettings, stop: threading.Event, on_token: OnToken) -> None:
-    """Admits the job, decodes it on the model's worker thread, maps a passed deadline."""
-    def should_stop() -> bool:
-        return stop.is_set() or (job.deadline is not None and time.monotonic() > job.deadline)
+    special = job.model.manifest.special_tokens
 
-    def decode() -> None:
-        greedy_decode(job.model.runtime, job.model.manifest.special_tokens, job.sources, job.limits, on_token, should_stop)
+    def work(should_stop: Callable[[], bool]) -> None:
+        greedy_decode(job.model.runtime, special, job.sources, job.limits, on_token, should_stop)
 
-    with _Admission(job.model, settings.max_queued_requests):
-        await asyncio.get_running_loop().run_in_executor(job.model.worker, decode)
-    if job.deadline is not None and time.monotonic() > job.deadline and not stop.is_set():
-        raise DeadlineExceeded("the deadline passed before decoding finished; raise the deadline or lower max_new_tokens")
+    await run_on_worker(
+        job.model, job.deadline, settings.max_queued_requests, stop, work, "raise the deadline or lower max_new_tokens"
+    )
 
 
 async def translate(job: TranslateJob, settings: ServerSettings, stop: threading.Event) -> list[Output]:

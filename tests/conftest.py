@@ -26,6 +26,13 @@ _TINY = ["--vocab-size", "1000", "--d-model", "64", "--n-heads", "4", "--layers"
          "--warmup-steps", "30", "--eval-every", "150", "--threads", "2", "--corpus", str(CORPUS)]
 TINY_MODELS = {"tiny-transformer": ["--architecture", "transformer", "--steps", "150"],
                "tiny-gru": ["--architecture", "gru-attention", "--steps", "150", "--dropout", "0.1"]}
+# Forecasters on tourism: a few steps are enough for parity and serving tests.
+_TINY_FORECAST = ["--data", "tourism", "--d-model", "16", "--n-heads", "2", "--layers", "1", "--d-ff", "32",
+                  "--steps", "40", "--eval-every", "40", "--batch-size", "64", "--threads", "2"]
+TINY_FORECASTERS = {"tiny-forecast-transformer": ["--architecture", "transformer"],
+                    "tiny-forecast-lstm-additive": ["--architecture", "lstm-additive"],
+                    "tiny-forecast-lstm-dot": ["--architecture", "lstm-dot"],
+                    "tiny-forecast-ar": ["--architecture", "ar"]}
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +41,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     for name, args in TINY_MODELS.items():
         assert seqcast(["--log-level", "WARNING", "train", "--run-dir", str(root / name), *_TINY, *args]) == 0
-    return {name: root / name for name in TINY_MODELS}
+    for name, args in TINY_FORECASTERS.items():
+        assert seqcast(["--log-level", "WARNING", "train-forecast", "--run-dir", str(root / name), *_TINY_FORECAST, *args]) == 0
+    return {name: root / name for name in [*TINY_MODELS, *TINY_FORECASTERS]}
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +75,8 @@ class ServerThread:
 
 
 def start_server(model_dir: Path, **overrides: object) -> ServerThread:
-    return ServerThread(ServerSettings(model_dir=model_dir, port=0, default_model="tiny-transformer", **overrides))
+    settings = {"default_model": "tiny-transformer", "default_forecast_model": "tiny-forecast-transformer", **overrides}
+    return ServerThread(ServerSettings(model_dir=model_dir, port=0, **settings))
 
 
 @pytest.fixture(scope="session")

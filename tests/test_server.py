@@ -104,7 +104,7 @@ def test_a_passed_deadline_gets_deadline_exceeded(client: SeqcastClient) -> None
 
 
 def test_list_models_reports_limits_and_execution_provider(client: SeqcastClient) -> None:
-    models = {m.name: m for m in client.list_models()}
+    models = {m.name: m for m in client.list_models() if m.task == "translation"}
     assert set(models) == {"tiny-transformer", "tiny-gru"}
     assert models["tiny-transformer"].architecture == "transformer"
     assert models["tiny-gru"].architecture == "gru-attention"
@@ -128,7 +128,7 @@ def test_reflection_lists_the_services(channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"seqcast.v1.Translation", "seqcast.v1.Models", "grpc.health.v1.Health"} <= names
+    assert {"seqcast.v1.Translation", "seqcast.v1.Forecasting", "seqcast.v1.Models", "grpc.health.v1.Health"} <= names
 
 
 def test_a_corrupted_bundle_is_refused_and_the_others_keep_serving(copy_models, caplog) -> None:
@@ -144,7 +144,7 @@ def test_a_corrupted_bundle_is_refused_and_the_others_keep_serving(copy_models, 
         assert len(refusals) == 1
         assert "tiny-gru" in refusals[0] and "checksum mismatch for decoder.onnx" in refusals[0]
         with SeqcastClient(srv.target) as c:
-            assert [m.name for m in c.list_models()] == ["tiny-transformer"]
+            assert [m.name for m in c.list_models() if m.task == "translation"] == ["tiny-transformer"]
             assert c.translate("Open file", model="tiny-transformer", max_new_tokens=4)
             with pytest.raises(SeqcastError) as err:
                 c.translate("Open file", model="tiny-gru")

@@ -1,0 +1,138 @@
+"""Forecast requests: validation, scaling, decoding on the model's worker, unscaling.
+
+Each series is cut to the model's context length (its last values), scaled with the bundle's
+scaler fitted on that context, forecast through the same decoding loop as translation (the
+point forecast is fed back at each step), and every output column is unscaled with the same
+fit. Invalid input is refused with INVALID_ARGUMENT naming the series (and value) index; it is
+never cleaned up silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqcast.server.decoding import Finish, forecast_decode
+from seqcast.server.errors import InvalidArgument
+from seqcast.server.models import LoadedModel
+from seqcast.server.scaling import Scale
+from seqcast.server.settings import ServerSettings
+from seqcast.server.worker import run_on_worker
+
+# Values beyond this magnitude are refused: models compute in float32 (largest ~3.4e38), and a
+# value this large is a unit or parsing error far more often than a measurement.
+MAX_ABS_VALUE = 1e30
+
+
+@dataclass(frozen=True)
+class ForecastJob:
+    model: LoadedModel
+    contexts: list[np.ndarray]  # scaled float32, the last context_length values of each series
+    scales: list[Scale]
+    horizon: int
+    # Absolute time.monotonic() after which decoding stops; None = no deadline.
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class SeriesForecast:
+    """One series' forecast in data units: columns (horizon, K) in the bundle's column order."""
+
+    columns: np.ndarray
+    context_used: int
+
+
+def _check_values(index: int, values: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        j = int(bad[0])
+        raise InvalidArgument(f"series[{index}].values[{j}] is {values[j]}: every value must be a finite number")
+    huge = np.flatnonzero(np.abs(values) > MAX_ABS_VALUE)
+    if huge.size:
+        j = int(huge[0])
+        raise InvalidArgument(
+            f"series[{index}].values[{j}] is {values[j]:g}: values must lie within ±{MAX_ABS_VALUE:g}; check the units"
+        )
+
+
+def prepare(
+    model: LoadedModel,
+    series: Sequence[Sequence[float]],
+    horizon: int,
+    settings: ServerSettings,
+    time_remaining: float | None,
+) -> ForecastJob:
+    """Checks a request against the settings and the model's limits; raises InvalidArgument."""
+    spec, name, scaler = model.manifest.forecast, model.name, model.scaler
+    assert spec is not None and scaler is not None  # the registry hands out forecast models only
+    if not series:
+        raise InvalidArgument("series is empty: send at least one series to forecast")
+    if len(series) > settings.max_series_per_request:
+        raise InvalidArgument(
+            f"{len(series)} series in one request; at most {settings.max_series_per_request} are accepted: split the request"
+        )
+    if not 1 <= horizon <= spec.max_horizon:
+        raise InvalidArgument(f"horizon must be between 1 and {spec.max_horizon} for model {name}, got {horizon}")
+    contexts, scales = [], []
+    for i, raw in enumerate(series):
+        values = np.asarray(raw, dtype=np.float64)
+        if len(values) < spec.min_context:
+            raise InvalidArgument(
+                f"series[{i}] has {len(values)} values; model {name} needs at least {spec.min_context} "
+                f"(it uses the last {spec.context_length})"
+            )
+        _check_values(i, values)
+        context = values[-spec.context_length :]
+        scale = scaler.fit(context)
+        contexts.append(scaler.transform(context, scale).astype(np.float32))
+        scales.append(scale)
+    deadline = None if time_remaining is None else time.monotonic() + time_remaining
+    return ForecastJob(model, contexts, scales, horizon, deadline)
+
+
+def _decode_in_batches(job: ForecastJob, rows: int, should_stop: Callable[[], bool]) -> list[list[np.ndarray]]:
+    """Every series' step columns (scaled), decoded `rows` series at a time, similar lengths together."""
+    spec = job.model.manifest.forecast
+    assert spec is not None
+    point = spec.columns.index(spec.point)
+    steps: list[list[np.ndarray]] = [[] for _ in job.contexts]
+    order = sorted(range(len(job.contexts)), key=lambda i: len(job.contexts[i]))
+    for start in range(0, len(order), rows):
+        index = order[start : start + rows]
+
+        def emit(row: int, columns: np.ndarray | None, finish: Finish | None, index: list[int] = index) -> None:
+            if columns is not None:
+                steps[index[row]].append(columns)
+
+        forecast_decode(
+            job.model.runtime, [job.contexts[i] for i in index], [job.horizon] * len(index), point, emit, should_stop
+        )
+        if should_stop():
+            break
+    return steps
+
+
+async def forecast(job: ForecastJob, settings: ServerSettings, stop: threading.Event) -> list[SeriesForecast]:
+    """Forecasts every series of the job; `stop` set (client gone) ends decoding at the next step."""
+    result: list[list[np.ndarray]] = []
+
+    def work(should_stop: Callable[[], bool]) -> None:
+        result.extend(_decode_in_batches(job, settings.forecast_batch_rows, should_stop))
+
+    await run_on_worker(
+        job.model, job.deadline, settings.max_queued_requests, stop, work,
+        "raise the deadline, lower the horizon or send fewer series per request",
+    )
+    if stop.is_set():  # the caller went away; nobody reads the answer
+        return []
+    scaler = job.model.scaler
+    assert scaler is not None
+    out = []
+    for steps, scale, context in zip(result, job.scales, job.contexts):
+        columns = scaler.inverse(np.stack(steps).astype(np.float64), scale)
+        out.append(SeriesForecast(columns, len(context)))
+    return out
