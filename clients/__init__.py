@@ -1,5 +1,17 @@
 """seqcast's Python client: `SeqcastClient` and the records it returns. `seqcast-client` is `cli`."""
 
-from seqcast.client.client import ModelInfo, SeqcastClient, SeqcastError, Translation, TranslationChunk
+from seqcast.client.client import (
+    ForecastInfo,
+    ForecastResult,
+    ModelInfo,
+    SeqcastClient,
+    SeqcastError,
+    SeriesForecast,
+    Translation,
+    TranslationChunk,
+)
 
-__all__ = ["ModelInfo", "SeqcastClient", "SeqcastError", "Translation", "TranslationChunk"]
+__all__ = [
+    "ForecastInfo", "ForecastResult", "ModelInfo", "SeqcastClient", "SeqcastError", "SeriesForecast", "Translation",
+    "TranslationChunk",
+]

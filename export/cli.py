@@ -156,6 +156,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_forecast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-forecast",
+        help="MASE, sMAPE and wQL of forecast bundles on held-out test windows, beside SeasonalNaive and AutoETS",
+    )
+    p.add_argument("bundles", type=Path, nargs="*", help="forecast bundle directories, e.g. models/tourism-transformer/1")
+    p.add_argument("--data", required=True, choices=["tourism", "vic_elec"])
+    p.add_argument("--json", type=Path, help="also write the scores to this file")
+
+
+def _run_evaluate_forecast(args: argparse.Namespace) -> int:
+    from seqcast.export.forecast_evaluate import as_json, evaluate_forecasts, score_table
+
+    try:
+        task, n, scores = evaluate_forecasts(args.bundles, args.data)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{task.name}: {n} test windows of {task.horizon} steps")
+    print(score_table(scores))
+    if args.json:
+        args.json.write_text(json.dumps(as_json(scores), indent=2) + "\n")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the export-path subcommands on the `seqcast` parser."""
     _add_data(sub)
@@ -163,12 +188,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_forecast(sub)
     _add_export(sub)
     _add_evaluate(sub)
+    _add_evaluate_forecast(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     commands = {
         "data": _run_data, "train": _run_train, "train-forecast": _run_train_forecast, "export": _run_export,
-        "evaluate": _run_evaluate,
+        "evaluate": _run_evaluate, "evaluate-forecast": _run_evaluate_forecast,
     }
     try:
         return commands[args.command](args)

@@ -96,6 +96,9 @@ class ForecastConfig:
     # AR(p) order; 0 = the data set's default.
     ar_order: int = 0
     quantile_levels: tuple[float, ...] = QUANTILE_LEVELS
+    # Share of training batches decoded free-running (fed the model's own median) instead of
+    # teacher-forced; the rest see the true previous values.
+    free_running: float = 0.5
     # Optimisation: windows per batch, steps, AdamW with linear warm-up then cosine decay.
     steps: int = 3000
     batch_size: int = 128

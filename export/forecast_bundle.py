@@ -24,7 +24,7 @@ from torch import nn
 
 from seqcast.export.bundle import checksums, export_info, write_bundle
 from seqcast.export.config import ForecastConfig
-from seqcast.export.forecast_data import SCALER, TASKS, Window, scaled_contexts, windows
+from seqcast.export.forecast_data import TASKS, Window, scaled_contexts, windows
 from seqcast.export.forecast_train import context_length, load_forecaster, min_context, point_column
 from seqcast.export.forecasters import ArForecaster, TransformerForecaster
 from seqcast.export.graphs import GraphPair, TorchRuntime, graphs_for
@@ -64,15 +64,16 @@ def check_forecast_parity(
     onnx_rt = OnnxModel(bundle_dir, graphs.encoder_spec, graphs.decoder_spec, RuntimeOptions(device="cpu"))
     graph_parity(torch_rt, onnx_rt, 5, default_cases(isinstance(model, TransformerForecaster)), report)
 
-    horizon, column = TASKS[cfg.data].horizon, point_column(model)
-    contexts, scales = scaled_contexts([w.history for w in items], context_length(cfg))
+    task, column = TASKS[cfg.data], point_column(model)
+    horizon, scaler = task.horizon, task.scaler
+    contexts, scales = scaled_contexts([w.history for w in items], context_length(cfg), scaler)
     cached = forecast_values(torch_rt, contexts, horizon, column)
     served = forecast_values(onnx_rt, contexts, horizon, column)
     uncached = np.stack([uncached_forecast(model, c, horizon, column) for c in contexts])
     report.sentences = len(items)
     report.max_abs_diff_forecast_scaled = float(np.abs(cached - served).max())
     report.max_abs_diff_forecast_data = max(
-        float(np.abs(SCALER.inverse(a.astype(np.float64), s) - SCALER.inverse(b.astype(np.float64), s)).max())
+        float(np.abs(scaler.inverse(a.astype(np.float64), s) - scaler.inverse(b.astype(np.float64), s)).max())
         for a, b, s in zip(cached, served, scales)
     )
     report.max_abs_diff_cached_uncached = float(np.abs(cached - uncached).max())
@@ -106,7 +107,7 @@ def forecast_spec(model: nn.Module, cfg: ForecastConfig, frequency: str, season_
         context_length=context_length(cfg),
         min_context=min_context(cfg),
         max_horizon=TASKS[cfg.data].horizon,
-        scaling=SCALER.to_manifest(),
+        scaling=TASKS[cfg.data].scaler.to_manifest(),
         frequency=frequency,
         season_length=season_length,
     )

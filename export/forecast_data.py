@@ -6,7 +6,7 @@ are the test set, the `test_windows` windows before them the validation set, and
 windows lie entirely before the validation set. A window's history is everything before it,
 so every forecast is made exactly as in production: from the past alone.
 
-Models see the last `context_length` values of the history, scaled per window by
+Models see the last `context_length` values of the history, scaled per window by the task's
 `MeanAbsScaler` fitted on that context.
 """
 
@@ -21,9 +21,6 @@ import numpy as np
 from seqcast.export.series import SeriesSet, load_tourism, load_vic_elec
 from seqcast.server.scaling import MeanAbsScaler, Scale
 
-SCALER = MeanAbsScaler(center=False)
-
-
 @dataclass(frozen=True)
 class ForecastTask:
     name: str
@@ -34,6 +31,9 @@ class ForecastTask:
     context_length: int
     min_context: int
     ar_order: int
+    season_length: int
+    # Per-window scaling, fitted on each context.
+    scaler: MeanAbsScaler
     # Values of history given to the statistical baselines and used for MASE's scale
     # (None: all of it). Long half-hourly series are cut to keep AutoETS fast.
     baseline_history: int | None = None
@@ -41,12 +41,17 @@ class ForecastTask:
 
 TASKS: dict[str, ForecastTask] = {
     # 304 quarterly series of 80 values: forecast the last 2 years from up to 8 years.
-    "tourism": ForecastTask("tourism", load_tourism, horizon=8, test_windows=1, context_length=32, min_context=8, ar_order=8),
-    # One half-hourly series of 52,608 values: one day ahead from the last week, on each of the
-    # last 14 days.
+    "tourism": ForecastTask(
+        "tourism", load_tourism, horizon=8, test_windows=1, context_length=32, min_context=8, ar_order=8,
+        season_length=4, scaler=MeanAbsScaler(center=False),
+    ),
+    # One half-hourly series of 52,608 values: one day ahead from the last three days (AR: the
+    # last week), on each of the last 14 days.
     "vic_elec": ForecastTask(
-        "vic_elec", load_vic_elec, horizon=48, test_windows=14, context_length=336, min_context=96,
-        ar_order=336, baseline_history=8 * 336,
+        "vic_elec", load_vic_elec, horizon=48, test_windows=14, context_length=144, min_context=96,
+        ar_order=336, season_length=48, baseline_history=8 * 336,
+        # Demand swings by a fifth around a level of ~4,500 MWh: centring makes the swings the signal.
+        scaler=MeanAbsScaler(center=True),
     ),
 }
 
@@ -79,13 +84,15 @@ def windows(task: ForecastTask, data: SeriesSet, part: Literal["validation", "te
     return out
 
 
-def scaled_contexts(histories: list[np.ndarray], context_length: int) -> tuple[list[np.ndarray], list[Scale]]:
+def scaled_contexts(
+    histories: list[np.ndarray], context_length: int, scaler: MeanAbsScaler
+) -> tuple[list[np.ndarray], list[Scale]]:
     """The last `context_length` values of each history, scaled, and each one's scale."""
     contexts, scales = [], []
     for history in histories:
         context = np.asarray(history[-context_length:], dtype=np.float32)
-        scale = SCALER.fit(context)
-        contexts.append(SCALER.transform(context, scale))
+        scale = scaler.fit(context)
+        contexts.append(scaler.transform(context, scale))
         scales.append(scale)
     return contexts, scales
 
@@ -124,9 +131,9 @@ class WindowSampler:
             if rng.random() < 0.1:
                 length = int(rng.integers(t.min_context, length + 1))
             context = values[origin - length : origin]
-            scale = SCALER.fit(context)
-            contexts.append(SCALER.transform(context, scale))
-            targets.append(SCALER.transform(values[origin : origin + t.horizon], scale))
+            scale = t.scaler.fit(context)
+            contexts.append(t.scaler.transform(context, scale))
+            targets.append(t.scaler.transform(values[origin : origin + t.horizon], scale))
         longest = max(len(c) for c in contexts)
         context = np.zeros((batch_size, longest), dtype=np.float32)
         mask = np.zeros((batch_size, longest), dtype=np.int64)
@@ -145,6 +152,6 @@ def ar_training_windows(series: list[np.ndarray], task: ForecastTask, order: int
     for values in series:
         for origin in range(length, len(values) - task.horizon + 1, task.horizon):
             context = values[origin - length : origin]
-            scale = SCALER.fit(context)
-            out.append(SCALER.transform(values[origin - length : origin + task.horizon], scale))
+            scale = task.scaler.fit(context)
+            out.append(task.scaler.transform(values[origin - length : origin + task.horizon], scale))
     return out

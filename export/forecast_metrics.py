@@ -19,7 +19,7 @@ import numpy as np
 from seqcast.export.series import SeriesSet
 
 __all__ = [
-    "Baseline", "geometric_mean_relative", "mase", "smape", "statsforecast_baselines",
+    "Baseline", "baselines_for", "geometric_mean_relative", "mase", "smape", "statsforecast_baselines",
     "weighted_quantile_loss",
 ]
 
@@ -154,6 +154,12 @@ def statsforecast_baselines(train: SeriesSet, horizon: int, levels: list[float],
     |2q - 1|: the lower bound for q < 0.5, the upper for q > 0.5; q = 0.5 is the point forecast,
     which is the median of those symmetric intervals.
     """
+    return baselines_for([s.values for s in train.series], train.keys(), train.season_length, horizon, levels, n_jobs)
+
+
+def baselines_for(histories: Sequence[np.ndarray], keys: list[str], season_length: int, horizon: int,
+                  levels: list[float], n_jobs: int = 1) -> dict[str, Baseline]:
+    """`statsforecast_baselines` for plain arrays: forecast `horizon` steps after each history."""
     import pandas as pd
     from statsforecast import StatsForecast
     from statsforecast.models import AutoETS, SeasonalNaive
@@ -165,17 +171,17 @@ def statsforecast_baselines(train: SeriesSet, horizon: int, levels: list[float],
     # Integer ids and time steps: the baselines need only order and season, not calendar dates,
     # and integer ids make the output order independent of how keys sort.
     frame = pd.DataFrame({
-        "unique_id": np.concatenate([np.full(len(s), i) for i, s in enumerate(train.series)]),
-        "ds": np.concatenate([np.arange(len(s)) for s in train.series]),
-        "y": np.concatenate([s.values for s in train.series]).astype(np.float64),
+        "unique_id": np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]),
+        "ds": np.concatenate([np.arange(len(h)) for h in histories]),
+        "y": np.concatenate(histories).astype(np.float64),
     })
-    m = train.season_length
+    m = season_length
     sf = StatsForecast(models=[SeasonalNaive(season_length=m), AutoETS(season_length=m)],
                        freq=1, n_jobs=n_jobs)
     out = sf.forecast(df=frame, h=horizon, level=coverages or None)
     out = out.reset_index() if "unique_id" not in out.columns else out
     out = out.sort_values(["unique_id", "ds"])
-    return {name: _baseline_from_frame(out, name, train.keys(), horizon, levels)
+    return {name: _baseline_from_frame(out, name, keys, horizon, levels)
             for name in ("SeasonalNaive", "AutoETS")}
 
 

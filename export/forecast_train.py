@@ -26,12 +26,8 @@ from seqcast.export.forecasters import ArForecaster, build_forecaster, fit_ar, p
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.train import seed_everything
 from seqcast.server.decoding import forecast_values
-from seqcast.server.scaling import MeanAbsScaler
 
 log = logging.getLogger(__name__)
-
-SCALER = MeanAbsScaler(center=False)
-
 
 def context_length(cfg: ForecastConfig) -> int:
     """Values of history the model sees: the task's, or the AR order if that is longer."""
@@ -52,13 +48,13 @@ def forecast_windows(model: nn.Module, cfg: ForecastConfig, items: list[Window],
     """Forecasts of every window in data units, (N, H, K), from PyTorch through the decoding loop."""
     model.eval()
     runtime = TorchRuntime(graphs_for(model))
-    horizon = TASKS[cfg.data].horizon
+    task = TASKS[cfg.data]
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        contexts, scales = scaled_contexts([w.history for w in chunk], context_length(cfg))
-        columns = forecast_values(runtime, contexts, horizon, point_column(model))
-        out.extend(SCALER.inverse(c.astype(np.float64), s) for c, s in zip(columns, scales))
+        contexts, scales = scaled_contexts([w.history for w in chunk], context_length(cfg), task.scaler)
+        columns = forecast_values(runtime, contexts, task.horizon, point_column(model))
+        out.extend(task.scaler.inverse(c.astype(np.float64), s) for c, s in zip(columns, scales))
     return np.stack(out)
 
 
@@ -152,6 +148,7 @@ def _train_neural(
     history: list[dict],
 ) -> tuple[float, int]:
     sampler = WindowSampler(series, task, np.random.default_rng(cfg.seed))
+    free = np.random.default_rng(cfg.seed + 1)
     levels = torch.tensor(cfg.quantile_levels, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = math.inf
@@ -163,7 +160,8 @@ def _train_neural(
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
         batch = sampler.sample(cfg.batch_size)
         quantiles = model(
-            torch.from_numpy(batch.context), torch.from_numpy(batch.mask), torch.from_numpy(batch.decoder_inputs)
+            torch.from_numpy(batch.context), torch.from_numpy(batch.mask), torch.from_numpy(batch.decoder_inputs),
+            free_running=bool(free.random() < cfg.free_running),
         )
         loss = pinball_loss(quantiles, torch.from_numpy(batch.targets), levels)
         optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,10 @@ call, fed the previous step's point forecast (the last observed value at the fir
 Contexts are right-padded with a mask. Encoder positions count back from each row's last value
 (0 = the last observation), so rows of different lengths line up at the forecast origin.
 
+Training mixes teacher forcing (the true previous value fed at each step) with free-running
+batches (the model's own median fed back, as at inference), so forecasts do not drift when the
+model meets its own errors.
+
 Quantile heads are monotone by construction: the lowest level is a free output and each
 higher level adds a softplus, so quantiles never cross.
 
@@ -54,9 +58,14 @@ def _distance_from_end(mask: Tensor) -> Tensor:
 
 
 class TransformerForecaster(nn.Module):
-    def __init__(self, cfg: ForecastConfig) -> None:
+    """Forecasts corrections to seasonal naive: step h's quantiles are the context's value one
+    season before it (the value at h mod m of the last season) plus the head's output, a strong
+    start for seasonal data that the model learns to correct."""
+
+    def __init__(self, cfg: ForecastConfig, season_length: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.season_length = season_length
         layer_cfg = TransformerConfig(
             vocab_size=1, d_model=cfg.d_model, n_heads=cfg.n_heads, encoder_layers=cfg.layers,
             decoder_layers=cfg.layers, d_ff=cfg.d_ff, dropout=cfg.dropout,
@@ -70,6 +79,7 @@ class TransformerForecaster(nn.Module):
         self.decoder_norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, len(cfg.quantile_levels))
         self.dropout = nn.Dropout(cfg.dropout)
+        self.median = list(cfg.quantile_levels).index(0.5)
 
     @property
     def n_heads(self) -> int:
@@ -79,15 +89,18 @@ class TransformerForecaster(nn.Module):
     def head_dim(self) -> int:
         return self.cfg.d_model // self.cfg.n_heads
 
-    def encode(self, values: Tensor, mask: Tensor) -> tuple[Tensor, list[KV]]:
-        """values (B, S) scaled, mask (B, S) -> encoder states (B, S, D), cross K/V per decoder layer."""
+    def encode(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list[KV]]:
+        """values (B, S) scaled, mask (B, S), every row at least one season long -> encoder states
+        (B, S, D), the last season of values (B, m), cross K/V per decoder layer."""
         x = self.encoder_in(values.unsqueeze(-1)) + sinusoidal_embedding(_distance_from_end(mask), self.cfg.d_model)
         x = self.dropout(x)
         attend = mask.bool()[:, None, None, :]
         for layer in self.encoder_layers:
             x = layer(x, attend)
         states = self.encoder_norm(x)
-        return states, [layer.cross_attn.project_kv(states) for layer in self.decoder_layers]
+        m = self.season_length
+        index = (mask.sum(dim=1, keepdim=True) - m + torch.arange(m).unsqueeze(0)).clamp(min=0)
+        return states, values.gather(1, index), [layer.cross_attn.project_kv(states) for layer in self.decoder_layers]
 
     def empty_past(self, batch: int) -> list[KV]:
         shape = (batch, self.n_heads, 0, self.head_dim)
@@ -99,10 +112,12 @@ class TransformerForecaster(nn.Module):
         position_ids: Tensor,
         decoder_attention_mask: Tensor,
         encoder_attention_mask: Tensor,
+        last_season: Tensor,
         past: list[KV],
         cross: list[KV],
     ) -> tuple[Tensor, list[KV]]:
-        """T decoder steps per row: input_values, position_ids (B, T); masks as in translation.
+        """T decoder steps per row: input_values, position_ids (B, T); masks as in translation;
+        last_season (B, m) from the encoder.
 
         Returns quantiles (B, T, Q) and the present K/V per layer (B, H, P + T, Dh).
         """
@@ -117,17 +132,29 @@ class TransformerForecaster(nn.Module):
         for layer, layer_past, layer_cross in zip(self.decoder_layers, past, cross):
             x, kv = layer(x, layer_past, self_mask, layer_cross, cross_mask)
             present.append(kv)
-        return monotone(self.head(self.decoder_norm(x))), present
+        seasonal_naive = last_season.gather(1, position_ids % self.season_length)  # (B, T)
+        return seasonal_naive.unsqueeze(-1) + monotone(self.head(self.decoder_norm(x))), present
 
-    def forward(self, context: Tensor, mask: Tensor, decoder_inputs: Tensor) -> Tensor:
-        """Teacher-forced quantiles (B, T, Q): decoder_inputs (B, T) are the last context value
-        followed by the true values before each step."""
-        _, cross = self.encode(context, mask)
+    def forward(self, context: Tensor, mask: Tensor, decoder_inputs: Tensor, free_running: bool = False) -> Tensor:
+        """Quantiles (B, T, Q) for T steps. decoder_inputs (B, T) are the last context value
+        followed by the true values before each step (teacher forcing, one decoder call); with
+        `free_running`, only the first is used and each later step is fed the model's own
+        median, step by step through the KV cache, as at inference."""
+        _, last_season, cross = self.encode(context, mask)
         batch, t = decoder_inputs.shape
-        positions = torch.arange(t).unsqueeze(0).expand(batch, t)
-        ones = torch.ones(batch, t, dtype=torch.long)
-        quantiles, _ = self.decode(decoder_inputs, positions, ones, mask, self.empty_past(batch), cross)
-        return quantiles
+        if not free_running:
+            positions = torch.arange(t).unsqueeze(0).expand(batch, t)
+            ones = torch.ones(batch, t, dtype=torch.long)
+            quantiles, _ = self.decode(decoder_inputs, positions, ones, mask, last_season, self.empty_past(batch), cross)
+            return quantiles
+        past, value, steps = self.empty_past(batch), decoder_inputs[:, :1], []
+        for step in range(t):
+            positions = torch.full((batch, 1), step, dtype=torch.long)
+            ones = torch.ones(batch, step + 1, dtype=torch.long)
+            q, past = self.decode(value, positions, ones, mask, last_season, past, cross)
+            steps.append(q)
+            value = q[:, :, self.median].detach()
+        return torch.cat(steps, dim=1)
 
 
 class LstmForecaster(nn.Module):
@@ -149,6 +176,7 @@ class LstmForecaster(nn.Module):
         self.cell = nn.LSTMCell(2 * d, d)
         self.head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, len(cfg.quantile_levels)))
         self.dropout = nn.Dropout(cfg.dropout)
+        self.median = list(cfg.quantile_levels).index(0.5)
 
     def encode(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """values, mask (B, S) -> states (B, S, D), attention keys (B, S, D), initial h and c (B, D)."""
@@ -174,12 +202,16 @@ class LstmForecaster(nn.Module):
         out = self.head(self.dropout(torch.cat([h, context], dim=-1)))
         return monotone(out).unsqueeze(1), h, c
 
-    def forward(self, context: Tensor, mask: Tensor, decoder_inputs: Tensor) -> Tensor:
+    def forward(self, context: Tensor, mask: Tensor, decoder_inputs: Tensor, free_running: bool = False) -> Tensor:
+        """Quantiles (B, T, Q); see `TransformerForecaster.forward` for `free_running`."""
         states, keys, h, c = self.encode(context, mask)
-        steps = []
+        steps, value = [], decoder_inputs[:, :1]
         for t in range(decoder_inputs.shape[1]):
-            q, h, c = self.step(decoder_inputs[:, t : t + 1], mask, states, keys, h, c)
+            if not free_running:
+                value = decoder_inputs[:, t : t + 1]
+            q, h, c = self.step(value, mask, states, keys, h, c)
             steps.append(q)
+            value = q[:, 0, self.median : self.median + 1].detach()
         return torch.cat(steps, dim=1)
 
 
@@ -230,7 +262,9 @@ def fit_ar(windows: Sequence[np.ndarray], order: int) -> tuple[np.ndarray, float
 def build_forecaster(cfg: ForecastConfig) -> nn.Module:
     """The untrained model of `cfg`; an AR order of 0 in `cfg` must be resolved by the caller."""
     if cfg.architecture == "transformer":
-        return TransformerForecaster(cfg)
+        from seqcast.export.forecast_data import TASKS
+
+        return TransformerForecaster(cfg, TASKS[cfg.data].season_length)
     if cfg.architecture in ("lstm-additive", "lstm-dot"):
         return LstmForecaster(cfg)
     return ArForecaster(cfg, cfg.ar_order)

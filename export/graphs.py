@@ -47,9 +47,8 @@ class TransformerEncoderGraph(nn.Module):
 
 
 class TransformerDecoderGraph(nn.Module):
-    """Inputs: input_ids (forecasters: input_values), position_ids, decoder_attention_mask,
-    encoder_attention_mask, then per layer past decoder key/value, then per layer encoder
-    key/value. Serves the translation transformer and the transformer forecaster alike."""
+    """Inputs: input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, then
+    per layer past decoder key/value, then per layer encoder key/value."""
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
@@ -224,6 +223,43 @@ _VALUES = TensorSpec(name="input_values", dtype=F32, shape=["batch", "source_len
 _SOURCE_MASK = TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"])
 
 
+class ForecastTransformerEncoderGraph(nn.Module):
+    def __init__(self, model: TransformerForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, ...]:
+        states, last_season, cross = self.model.encode(input_values, encoder_attention_mask)
+        return (states, last_season, *(t for kv in cross for t in kv))
+
+
+class ForecastTransformerDecoderGraph(nn.Module):
+    """Inputs: input_values, position_ids, decoder_attention_mask, encoder_attention_mask,
+    last_season, then per layer past decoder key/value, then per layer encoder key/value."""
+
+    def __init__(self, model: TransformerForecaster) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = len(model.decoder_layers)
+
+    def forward(
+        self,
+        input_values: Tensor,
+        position_ids: Tensor,
+        decoder_attention_mask: Tensor,
+        encoder_attention_mask: Tensor,
+        last_season: Tensor,
+        *kv: Tensor,
+    ) -> tuple[Tensor, ...]:
+        n = self.layers
+        past = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
+        cross = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
+        quantiles, present = self.model.decode(
+            input_values, position_ids, decoder_attention_mask, encoder_attention_mask, last_season, past, cross
+        )
+        return (quantiles, *(t for pair in present for t in pair))
+
+
 def forecast_transformer_graphs(model: TransformerForecaster) -> GraphPair:
     cfg = model.cfg
     encoder_spec, decoder_spec = _kv_specs(
@@ -232,7 +268,16 @@ def forecast_transformer_graphs(model: TransformerForecaster) -> GraphPair:
         step_input=TensorSpec(name="input_values", dtype=F32, shape=["batch", "new_tokens"]),
         step_output=TensorSpec(name="quantiles", dtype=F32, shape=["batch", "new_tokens", len(cfg.quantile_levels)]),
     )
-    return GraphPair(TransformerEncoderGraph(model), TransformerDecoderGraph(model), encoder_spec, decoder_spec)
+    # The last season of the context: the seasonal-naive base of every step's forecast.
+    season = TensorSpec(name="last_season", dtype=F32, shape=["batch", model.season_length])
+    outputs = encoder_spec.outputs
+    encoder_spec = encoder_spec.model_copy(update={"outputs": [outputs[0], season, *outputs[1:]]})
+    inputs = decoder_spec.inputs
+    decoder_spec = decoder_spec.model_copy(update={
+        "inputs": [*inputs[:4], season, *inputs[4:]],
+        "static": [*decoder_spec.static, StaticSpec(input="last_season", source="last_season")],
+    })
+    return GraphPair(ForecastTransformerEncoderGraph(model), ForecastTransformerDecoderGraph(model), encoder_spec, decoder_spec)
 
 
 def lstm_graphs(model: LstmForecaster) -> GraphPair:

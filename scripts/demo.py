@@ -1,4 +1,4 @@
-"""Starts `seqcast serve` on the bundled models and answers a demo translation through it.
+"""Starts `seqcast serve` on the bundled models and answers a demo translation and forecast through it.
 
 `make demo` stops the server afterwards; `make serve` (`--keep-serving`) keeps it running,
 relaying its log, until Ctrl-C or SIGTERM.
@@ -16,8 +16,11 @@ import threading
 from pathlib import Path
 
 from seqcast.client import SeqcastClient
+from seqcast.client.series_csv import read_series_csv
 
 DEMO_TEXTS = ["Save changes", "The file could not be opened.", "Delete %(count)s selected items?"]
+# Quarterly overnight trips (thousands) of four Australian regions, 1998-2017 (fpp3 `tourism`).
+DEMO_SERIES = Path(__file__).resolve().parents[1] / "data" / "forecast" / "tourism-sample.csv"
 
 
 def _relay(stream) -> None:  # noqa: ANN001 - a text stream
@@ -38,6 +41,19 @@ def _demo(target: str) -> None:
         for chunk in client.translate_stream(DEMO_TEXTS[1]):
             print(chunk.text, end="|", flush=True)
         print()
+        _demo_forecast(client)
+
+
+def _demo_forecast(client: SeqcastClient) -> None:
+    series = read_series_csv(DEMO_SERIES)
+    result = client.forecast([s.values for s in series], horizon=4)
+    print(f"\nforecast ({result.model}, next 4 quarters: median [10% .. 90%]) of {DEMO_SERIES.name}:")
+    for s, f in zip(series, result.forecasts):
+        steps = ", ".join(
+            f"{p:.0f} [{f.quantiles[0.1][h]:.0f}..{f.quantiles[0.9][h]:.0f}]" if f.quantiles else f"{p:.0f}"
+            for h, p in enumerate(f.point)
+        )
+        print(f"  {s.name:<24} last {s.values[-1]:.0f} -> {steps}")
 
 
 def main() -> int:
@@ -70,6 +86,7 @@ def main() -> int:
             print(f"\nserving on {target} until Ctrl-C. From another shell:\n"
                   f"  {client} --target {target} translate \"Save changes\"\n"
                   f"  {client} --target {target} translate --stream \"Open the file\"\n"
+                  f"  {client} --target {target} forecast --csv {DEMO_SERIES} --horizon 8\n"
                   f"  {client} --target {target} models", flush=True)
             return server.wait()
         return 0

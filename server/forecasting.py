@@ -19,7 +19,8 @@ import numpy as np
 from seqcast.server.decoding import Finish, forecast_decode
 from seqcast.server.errors import InvalidArgument
 from seqcast.server.models import LoadedModel
-from seqcast.server.scaling import Scale
+from seqcast.server.manifest import ForecastSpec
+from seqcast.server.scaling import MeanAbsScaler, Scale
 from seqcast.server.settings import ServerSettings
 from seqcast.server.worker import run_on_worker
 
@@ -59,6 +60,13 @@ def _check_values(index: int, values: np.ndarray) -> None:
         )
 
 
+def scaled_context(values: np.ndarray, spec: ForecastSpec, scaler: MeanAbsScaler) -> tuple[np.ndarray, Scale]:
+    """The last `context_length` values of a series, scaled by a fit on them (float32), and the fit."""
+    context = np.asarray(values, dtype=np.float64)[-spec.context_length :]
+    scale = scaler.fit(context)
+    return scaler.transform(context, scale).astype(np.float32), scale
+
+
 def prepare(
     model: LoadedModel,
     series: Sequence[Sequence[float]],
@@ -86,9 +94,8 @@ def prepare(
                 f"(it uses the last {spec.context_length})"
             )
         _check_values(i, values)
-        context = values[-spec.context_length :]
-        scale = scaler.fit(context)
-        contexts.append(scaler.transform(context, scale).astype(np.float32))
+        context, scale = scaled_context(values, spec, scaler)
+        contexts.append(context)
         scales.append(scale)
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     return ForecastJob(model, contexts, scales, horizon, deadline)

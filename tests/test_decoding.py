@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqcast.server.decoding import Finish, greedy_decode
+from seqcast.server.decoding import Finish, forecast_decode, greedy_decode
 from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, StaticSpec, TensorSpec
 
 VOCAB, EOS = 10, 2
@@ -93,3 +93,49 @@ def test_should_stop_ends_every_remaining_row() -> None:
     _, events, _ = run([[5, 6, 7, 8], [9, 9, 9, 9]], [10, 10], stop_after=2)
     assert events[0] == [(5, None), (6, None), (None, Finish.STOPPED)]
     assert events[1] == [(9, None), (9, None), (None, Finish.STOPPED)]
+
+
+class ScriptedForecaster:
+    """A recurrent "forecaster" whose state counts steps: step k of a row outputs the columns
+    (fed - 1, fed, fed + 1 + k), so the test sees which value was fed back at every step."""
+
+    def __init__(self) -> None:
+        self.encoder_spec = EncoderSpec(
+            source="input_values",
+            inputs=[TensorSpec(name="input_values", dtype="float32", shape=["batch", "source_length"]),
+                    TensorSpec(name="encoder_attention_mask", dtype="int64", shape=["batch", "source_length"])],
+            outputs=[TensorSpec(name="steps0", dtype="float32", shape=["batch", 1])],
+        )
+        self.decoder_spec = DecoderSpec(
+            feed="input_values",
+            output="quantiles",
+            state=[StateSpec(input="steps", output="steps_out", init="encoder", source="steps0")],
+            static=[],
+            inputs=[TensorSpec(name="input_values", dtype="float32", shape=["batch", 1])],
+            outputs=[TensorSpec(name="quantiles", dtype="float32", shape=["batch", 1, 3])],
+        )
+        self.contexts: list[np.ndarray] = []
+
+    def encode(self, source: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        self.contexts.append(source.copy())
+        return {"steps0": np.zeros((len(source), 1), dtype=np.float32)}
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fed, k = feeds["input_values"], feeds["steps"]
+        assert fed.dtype == np.float32
+        columns = np.concatenate([fed - 1, fed, fed + 1 + k], axis=1)[:, None, :]
+        return {"quantiles": columns, "steps_out": k + 1}
+
+
+def test_forecasting_feeds_back_the_point_column_and_ends_rows_at_their_horizon() -> None:
+    runtime = ScriptedForecaster()
+    events: dict[int, list] = {0: [], 1: []}
+    contexts = [np.array([1.0, 2.0, 5.0], dtype=np.float32), np.array([7.0], dtype=np.float32)]
+    timings = forecast_decode(runtime, contexts, [3, 1], point_column=1,
+                              emit=lambda row, columns, finish: events[row].append((columns, finish)))
+    # The context is right-padded with zeros; the first feed is each row's last value.
+    assert runtime.contexts[0].tolist() == [[1.0, 2.0, 5.0], [7.0, 0.0, 0.0]]
+    assert [c.tolist() for c, _ in events[0]] == [[4.0, 5.0, 6.0], [4.0, 5.0, 7.0], [4.0, 5.0, 8.0]]
+    assert [f for _, f in events[0]] == [None, None, Finish.LENGTH]
+    assert [(c.tolist(), f) for c, f in events[1]] == [([6.0, 7.0, 8.0], Finish.LENGTH)]
+    assert timings.rows_per_step == [2, 1, 1]

@@ -12,7 +12,7 @@ import pytest
 from seqcast.client import SeqcastClient, SeqcastError
 from seqcast.client.cli import main as client_main
 from seqcast.export.forecast_bundle import uncached_forecast
-from seqcast.export.forecast_data import SCALER, TASKS, scaled_contexts, windows
+from seqcast.export.forecast_data import TASKS, scaled_contexts, windows
 from seqcast.export.forecast_train import context_length, load_forecaster, point_column
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.parity import TOLERANCE
@@ -24,6 +24,7 @@ from conftest import TINY_FORECASTERS
 
 FORECASTERS = list(TINY_FORECASTERS)
 TOURISM = TASKS["tourism"]
+SCALER = TOURISM.scaler
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_onnx_forecasts_match_pytorch_on_held_out_tourism_windows(runs, model_di
     bundle = model_dir / name / "1"
     onnx_rt = OnnxModel.from_manifest(bundle, Manifest.read(bundle), RuntimeOptions(device="cpu"))
     items = windows(TOURISM, tourism, "test")
-    contexts, scales = scaled_contexts([w.history for w in items], context_length(cfg))
+    contexts, scales = scaled_contexts([w.history for w in items], context_length(cfg), SCALER)
     column = point_column(model)
     expected = forecast_values(TorchRuntime(graphs_for(model)), contexts, TOURISM.horizon, column)
     served = forecast_values(onnx_rt, contexts, TOURISM.horizon, column)
@@ -70,7 +71,7 @@ def test_onnx_forecasts_match_pytorch_on_held_out_tourism_windows(runs, model_di
 def test_cached_forecasting_equals_uncached(runs, tourism, name) -> None:
     model, cfg = load_forecaster(runs[name])
     items = windows(TOURISM, tourism, "test")[:16]
-    contexts, _ = scaled_contexts([w.history for w in items], context_length(cfg))
+    contexts, _ = scaled_contexts([w.history for w in items], context_length(cfg), SCALER)
     column = point_column(model)
     cached = forecast_values(TorchRuntime(graphs_for(model)), contexts, TOURISM.horizon, column)
     uncached = np.stack([uncached_forecast(model, c, TOURISM.horizon, column) for c in contexts])
@@ -104,7 +105,7 @@ def test_the_server_applies_the_bundle_scaling_and_its_inverse(client, runs, tou
     model, cfg = load_forecaster(runs["tiny-forecast-lstm-additive"])
     series = _tourism_series(tourism, [80, 15, 40])
     served = client.forecast(series, horizon=8, model="tiny-forecast-lstm-additive")
-    contexts, scales = scaled_contexts([np.asarray(s, dtype=np.float32) for s in series], context_length(cfg))
+    contexts, scales = scaled_contexts([np.asarray(s, dtype=np.float32) for s in series], context_length(cfg), SCALER)
     expected = forecast_values(TorchRuntime(graphs_for(model)), contexts, 8, point_column(model))
     for f, e, s in zip(served.forecasts, expected, scales):
         unscaled = SCALER.inverse(e.astype(np.float64), s)

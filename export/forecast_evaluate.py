@@ -1,0 +1,126 @@
+"""Forecast accuracy of bundles on a task's held-out test windows, next to statistical baselines.
+
+Bundles are run the way the server runs them: ONNX Runtime sessions from the bundle, the
+bundle's own scaler on the last `context_length` values, the shared decoding loop, unscaled
+outputs. statsforecast's SeasonalNaive and AutoETS forecast the same windows from the same
+histories (cut to the task's `baseline_history` for long series). Scores:
+
+* MASE: mean over windows, the scale from each window's history (seasonal differences);
+* sMAPE: mean over windows, in percent;
+* wQL: weighted quantile loss over levels 0.1 to 0.9, over all windows at once (GluonTS);
+  point-only models have none;
+* relative MASE: the geometric mean over windows of MASE / SeasonalNaive's MASE (below 1 beats
+  seasonal naive).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seqcast.export.config import QUANTILE_LEVELS
+from seqcast.export.forecast_data import TASKS, ForecastTask, Window, windows
+from seqcast.export.forecast_metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
+from seqcast.server.decoding import forecast_values
+from seqcast.server.forecasting import scaled_context
+from seqcast.server.models import LoadedModel, load_model
+from seqcast.server.runtime import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class Forecasts:
+    """One system's forecasts of every window: point (N, H) and quantiles (Q, N, H) or None."""
+
+    system: str
+    point: np.ndarray
+    quantiles: np.ndarray | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Score:
+    system: str
+    mase: float
+    smape: float
+    wql: float | None
+    relative_mase: float
+    seconds: float
+
+    def row(self) -> str:
+        wql = "—" if self.wql is None else f"{self.wql:.4f}"
+        return f"| {self.system} | {self.mase:.3f} | {self.smape:.2f} | {wql} | {self.relative_mase:.3f} | {self.seconds:.1f} |"
+
+
+def bundle_forecasts(model: LoadedModel, items: list[Window], horizon: int, batch_rows: int = 256) -> Forecasts:
+    """Forecasts of every window by a loaded forecast bundle, in data units."""
+    spec, scaler = model.manifest.forecast, model.scaler
+    assert spec is not None and scaler is not None, f"{model.name} is not a forecast model"
+    point = spec.columns.index(spec.point)
+    started = time.perf_counter()
+    out = []
+    for start in range(0, len(items), batch_rows):
+        fitted = [scaled_context(w.history, spec, scaler) for w in items[start : start + batch_rows]]
+        columns = forecast_values(model.runtime, [c for c, _ in fitted], horizon, point)
+        out.extend(scaler.inverse(c.astype(np.float64), s) for c, (_, s) in zip(columns, fitted))
+    stacked = np.stack(out)  # (N, H, K)
+    quantiles = None if spec.point == "mean" else np.moveaxis(stacked, -1, 0)
+    return Forecasts(f"{model.name} ({model.manifest.architecture})", stacked[..., point], quantiles, time.perf_counter() - started)
+
+
+def baseline_forecasts(task: ForecastTask, items: list[Window], season: int) -> list[Forecasts]:
+    histories = [w.history if task.baseline_history is None else w.history[-task.baseline_history :] for w in items]
+    started = time.perf_counter()
+    fitted = baselines_for(histories, [w.key for w in items], season, task.horizon, list(QUANTILE_LEVELS))
+    seconds = time.perf_counter() - started
+    return [Forecasts(name, b.point, b.quantiles, seconds) for name, b in fitted.items()]
+
+
+def score(task: ForecastTask, items: list[Window], season: int, forecasts: list[Forecasts]) -> list[Score]:
+    """Scores every system; relative MASE is against the system named SeasonalNaive."""
+    def history(w: Window) -> np.ndarray:
+        return w.history if task.baseline_history is None else w.history[-task.baseline_history :]
+
+    per_window = {
+        f.system: np.array([mase(w.target, p, history(w), season) for w, p in zip(items, f.point)]) for f in forecasts
+    }
+    naive = per_window["SeasonalNaive"]
+    targets = np.stack([w.target for w in items])
+    return [
+        Score(
+            system=f.system,
+            mase=float(per_window[f.system].mean()),
+            smape=float(np.mean([smape(w.target, p) for w, p in zip(items, f.point)])),
+            wql=None if f.quantiles is None else weighted_quantile_loss(targets, f.quantiles, list(QUANTILE_LEVELS)),
+            relative_mase=geometric_mean_relative(per_window[f.system], naive),
+            seconds=f.seconds,
+        )
+        for f in forecasts
+    ]
+
+
+def evaluate_forecasts(bundles: list[Path], data: str) -> tuple[ForecastTask, int, list[Score]]:
+    """Scores of each bundle and the two baselines on the test windows of task `data`."""
+    task = TASKS[data]
+    series = task.load()
+    items = windows(task, series, "test")
+    forecasts = baseline_forecasts(task, items, series.season_length)
+    for path in bundles:
+        model = load_model(path, RuntimeOptions(device="cpu"))
+        spec = model.manifest.forecast
+        if spec is None or spec.max_horizon < task.horizon or spec.frequency != series.frequency:
+            raise ValueError(f"{path} is not a forecast bundle for {data} (horizon {task.horizon}, frequency {series.frequency})")
+        forecasts.append(bundle_forecasts(model, items, task.horizon))
+        model.worker.shutdown()
+    return task, len(items), score(task, items, series.season_length, forecasts)
+
+
+def score_table(scores: list[Score]) -> str:
+    header = "| system | MASE | sMAPE % | wQL | MASE / seasonal naive (geo. mean) | seconds |\n|---|---|---|---|---|---|"
+    return "\n".join([header, *(s.row() for s in scores)])
+
+
+def as_json(scores: list[Score]) -> list[dict]:
+    return [asdict(s) for s in scores]
