@@ -75,7 +75,7 @@ BAD_REQUESTS = [
     (dict(texts=["Open file", ""]), grpc.StatusCode.INVALID_ARGUMENT, r"texts\[1\] is empty"),
     (dict(texts=["x" * 10_000]), grpc.StatusCode.INVALID_ARGUMENT, r"texts\[0\] has 10000 characters; at most 2000"),
     (dict(texts=["word " * 300]), grpc.StatusCode.INVALID_ARGUMENT, r"texts\[0\] is \d+ tokens long; model tiny-transformer accepts at most 128"),
-    (dict(texts=["Open file"], model="no-such-model"), grpc.StatusCode.NOT_FOUND, "model 'no-such-model' is not loaded; loaded models: "),
+    (dict(texts=["Open file"], model="no-such-model"), grpc.StatusCode.NOT_FOUND, "translation model 'no-such-model' is not loaded; loaded translation models: "),
     (dict(texts=["Open file"], max_new_tokens=0), grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be between 1 and 128 for model tiny-transformer, got 0"),
     (dict(texts=["Open file"], max_new_tokens=100000), grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be between 1 and 128 for model tiny-transformer, got 100000"),
     (dict(texts=["a"] * 65), grpc.StatusCode.INVALID_ARGUMENT, "65 texts in one request; at most 64"),
