@@ -45,10 +45,11 @@ class Server:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def histories(data: str, count: int) -> list[list[float]]:
+def histories(data: str, count: int, length: int) -> list[list[float]]:
+    """`count` real histories of `length` values (test windows of `data`, repeated as needed)."""
     task = TASKS[data]
     items = windows(task, task.load(), "test")
-    return [items[i % len(items)].history[-2 * task.context_length :].astype(float).tolist() for i in range(count)]
+    return [items[i % len(items)].history[-length:].astype(float).tolist() for i in range(count)]
 
 
 def main() -> None:
@@ -72,7 +73,8 @@ def main() -> None:
                     continue
                 data = DATA_BY_FREQUENCY[info.forecast.frequency]
                 horizon = info.forecast.max_horizon
-                pool = histories(data, max(CALL_SIZES))
+                # Twice what the model reads: the server cuts each series to its context length.
+                pool = histories(data, max(CALL_SIZES), 2 * info.forecast.context_length)
                 for size in CALL_SIZES:
                     series = pool[:size]
                     client.forecast(series, horizon, model=info.name)  # warm-up

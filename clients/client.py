@@ -116,6 +116,11 @@ def _finish_reason(value: int) -> str:
     return seqcast_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
 
 
+# Replies to large forecast calls exceed gRPC's default 4 MiB; the server's default limit is 64 MiB.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+
+
 class SeqcastClient:
     """Client for one seqcast server; use as a context manager to close the channel.
 
@@ -127,7 +132,7 @@ class SeqcastClient:
         """Connects lazily to `target`, or uses `channel` (left open on close) when given."""
         self.target = target
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._channel = channel if channel is not None else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._translation = seqcast_pb2_grpc.TranslationStub(self._channel)
         self._forecasting = seqcast_pb2_grpc.ForecastingStub(self._channel)
         self._models = seqcast_pb2_grpc.ModelsStub(self._channel)

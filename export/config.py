@@ -97,8 +97,8 @@ class ForecastConfig:
     ar_order: int = 0
     quantile_levels: tuple[float, ...] = QUANTILE_LEVELS
     # Share of training batches decoded free-running (fed the model's own median) instead of
-    # teacher-forced; the rest see the true previous values.
-    free_running: float = 0.5
+    # teacher-forced; the rest see the true previous values. None: the data set's default.
+    free_running: float | None = None
     # Optimisation: windows per batch, steps, AdamW with linear warm-up then cosine decay.
     steps: int = 3000
     batch_size: int = 128

@@ -100,6 +100,8 @@ def train_forecaster(cfg: ForecastConfig, run_dir: Path) -> dict:
     torch.set_num_threads(cfg.threads)
     if cfg.architecture == "ar" and not cfg.ar_order:
         cfg = replace(cfg, ar_order=TASKS[cfg.data].ar_order)
+    if cfg.free_running is None:
+        cfg = replace(cfg, free_running=TASKS[cfg.data].free_running)
     if (run_dir / "best.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; choose another directory")
     run_dir.mkdir(parents=True, exist_ok=True)

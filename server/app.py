@@ -58,7 +58,10 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     registry = registry or ModelRegistry.load(
         settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model
     )
-    server = grpc.aio.server()
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
     pb_grpc.add_ForecastingServicer_to_server(ForecastingServicer(registry, settings), server)
     pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)

@@ -40,6 +40,9 @@ class ServerSettings(BaseSettings):
     # larger request runs as several batches, one after another).
     max_series_per_request: int = Field(4096, ge=1)
     forecast_batch_rows: int = Field(256, ge=1)
+    # Largest request or reply message. gRPC's default of 4 MiB holds about 500 series of 1,000
+    # values; 1,024 series of a week of half-hourly values need more.
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=4 * 1024 * 1024)
     # Requests waiting per model beyond the one decoding; more get RESOURCE_EXHAUSTED at once.
     max_queued_requests: int = Field(64, ge=0)
 

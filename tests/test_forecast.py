@@ -183,3 +183,12 @@ def test_client_cli_forecasts_a_csv_file_as_json_and_plots_it(server, tourism, t
     assert out["series"][0]["times"][0] == "2018-01-01"  # continues the quarterly time stamps
     assert len(out["series"][1]["point"]) == 8
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+def test_a_call_of_1024_long_series_beyond_grpcs_default_message_size_is_answered(client, tourism) -> None:
+    base = [float(v) for v in tourism.series[0].values]
+    series = [base * 8 for _ in range(1024)]  # 640 values each: about 5.2 MB, over gRPC's 4 MiB default
+    result = client.forecast(series, horizon=8)
+    assert len(result.forecasts) == 1024
+    assert {f.context_used for f in result.forecasts} == {32}
+    assert result.forecasts[0].point == pytest.approx(result.forecasts[-1].point)
