@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 50051
+# apt-get needs root: sudo unless we already are.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: serve demo test bench protos clean
 
@@ -15,9 +17,11 @@ $(VENV)/.runtime: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# Training, export and test tools on top (torch==2.13.0 CPU).
+# Training, export and test tools on top (torch==2.13.0 CPU), and promtool (Debian's prometheus
+# package), which tests/test_metrics.py runs on the /metrics output.
 $(VENV)/.dev: $(VENV)/.runtime pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 	touch $@
 
 # Serves the bundled models, answers a demo translation through the server, keeps serving.

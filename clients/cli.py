@@ -1,4 +1,4 @@
-"""`seqcast-client`: translate, forecast, list models and check health against a seqcast server.
+"""`seqcast-client`: translate, forecast, list models, check health and load-test a seqcast server.
 
 A thin front end over `seqcast.client.SeqcastClient`; the only place in the client that prints.
 """
@@ -26,6 +26,7 @@ from seqcast.client.client import (
     SeriesForecast,
     TranslationChunk,
 )
+from seqcast.client.loadgen import DEFAULT_TEXTS, LoadSummary, Progress, run_load
 from seqcast.client.plot import MatplotlibMissingError, plot_forecasts, require_matplotlib
 from seqcast.client.series_csv import NamedSeries, read_series_csv
 
@@ -81,6 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="print the serving status; exit 1 unless SERVING")
     health.add_argument("service", nargs="?", default="", help="service name (default: the whole server)")
+
+    bench = sub.add_parser(
+        "bench",
+        help="stream translations from N concurrent clients for T seconds; print throughput and latency",
+        description="Each client has its own connection and sends one streaming request after another. "
+        "Exits 1 when no request after the warm-up succeeded. The global --timeout is each request's deadline.",
+    )
+    bench.add_argument("--concurrency", required=True, type=_positive_int, metavar="N", help="concurrent clients")
+    bench.add_argument(
+        "--duration", required=True, type=_positive_float, metavar="SECONDS", help="stop sending new requests after this long"
+    )
+    bench.add_argument("--model", default="", help="model name (default: the server's default)")
+    bench.add_argument("--max-new-tokens", type=_positive_int, default=None)
+    bench.add_argument(
+        "--texts", type=Path, metavar="FILE",
+        help=f"texts to send round robin, one per line (default: {len(DEFAULT_TEXTS)} built-in UI strings)",
+    )
+    bench.add_argument(
+        "--warmup", type=_non_negative_float, default=0.0, metavar="SECONDS",
+        help="leave requests started in the first SECONDS out of the statistics (default: %(default)g)",
+    )
+    bench.add_argument("--max-requests", type=_positive_int, metavar="R", help="also stop sending after R requests in all")
+    bench.add_argument(
+        "--drain", type=_non_negative_float, default=30.0, metavar="SECONDS",
+        help="wait this long for requests in flight when sending stops, then cancel them (default: %(default)g)",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -325,6 +354,82 @@ def _health(client: SeqcastClient, args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _bench(client: SeqcastClient, args: argparse.Namespace) -> int:
+    if args.warmup >= args.duration:
+        print(f"error: --warmup ({args.warmup:g} s) must be shorter than --duration ({args.duration:g} s)", file=sys.stderr)
+        return 2
+    texts = list(DEFAULT_TEXTS)
+    if args.texts is not None:
+        try:
+            texts = [line.strip() for line in args.texts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as e:
+            print(f"error: cannot read {args.texts}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        if not texts:
+            print(f"error: {args.texts} has no texts", file=sys.stderr)
+            return 2
+    # One request first: a wrong model or an unreachable server fails here, with its message,
+    # rather than as a run full of errors.
+    client.translate(texts[0], model=args.model, max_new_tokens=1, timeout=args.timeout)
+    summary = run_load(
+        args.target, args.concurrency, args.duration, model=args.model, max_new_tokens=args.max_new_tokens,
+        texts=texts, warmup=args.warmup, max_requests=args.max_requests, timeout=args.timeout,
+        drain_timeout=args.drain, on_progress=None if args.quiet else _print_progress,
+    )
+    if args.json:
+        print(json.dumps(asdict(summary), indent=2))
+    else:
+        print(format_load_summary(summary), end="")
+    return 0 if summary.completed > 0 else 1
+
+
+def _print_progress(p: Progress) -> None:
+    print(f"{p.elapsed:6.1f} s  {p.finished} requests  {p.errors} errors  {p.in_flight} in flight", file=sys.stderr)
+
+
+def format_load_summary(s: LoadSummary) -> str:
+    """The default `bench` output: the run's counts and throughput, then a table of latencies."""
+
+    def rate(value: float | None, unit: str) -> str:
+        return "-" if value is None else f"{value:.1f} {unit}"
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    errors = ", ".join(f"{name} {count}" for name, count in s.errors.items()) or "none"
+    facts = [
+        ("concurrency", str(s.concurrency)),
+        ("window", f"{s.window_s:.1f} s after {s.window_start_s:g} s of warm-up ({s.warmup_requests} requests left out)"),
+        ("completed", f"{s.completed} requests"),
+        ("errors", errors),
+        ("throughput", f"{rate(s.requests_per_s, 'requests/s')}, {rate(s.output_tokens_per_s, 'output tokens/s')}"),
+    ]
+    width = max(len(name) for name, _ in facts)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in facts]
+    header = ["LATENCY (ms)", "P50", "P90", "P99"]
+    rows = [
+        ["time to first token", ms(s.ttft_p50_ms), ms(s.ttft_p90_ms), ms(s.ttft_p99_ms)],
+        ["inter-token", ms(s.itl_p50_ms), "", ms(s.itl_p99_ms)],
+        ["end to end", ms(s.e2e_p50_ms), "", ms(s.e2e_p99_ms)],
+    ]
+    lines += ["", *_table(header, rows, right_aligned=[1, 2, 3])]
+    return "".join(line + "\n" for line in lines)
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not (number >= 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -332,7 +437,7 @@ def _positive_int(value: str) -> int:
     return number
 
 
-COMMANDS = {"translate": _translate, "forecast": _forecast, "models": _models, "health": _health}
+COMMANDS = {"translate": _translate, "forecast": _forecast, "models": _models, "health": _health, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

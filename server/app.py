@@ -16,8 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from seqcast.server import metrics
+from seqcast.server.metrics import MetricsServer
 from seqcast.server.models import ModelRegistry
 from seqcast.server.runtime import RuntimeOptions
+from seqcast.server.scheduler import SchedulerLimits
 from seqcast.server.service import ForecastingServicer, ModelsServicer, TranslationServicer
 from seqcast.server.settings import ServerSettings
 from seqcast.v1 import seqcast_pb2 as pb
@@ -34,6 +37,7 @@ class RunningServer:
     port: int
     registry: ModelRegistry
     health: health.aio.HealthServicer
+    metrics: MetricsServer | None = None
 
     async def set_health(self, status: int) -> None:
         """Health of the whole server (""), of every model by name, and of every service."""
@@ -41,12 +45,26 @@ class RunningServer:
             await self.health.set(service, status)
 
     async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+        """Health NOT_SERVING, no new calls, running calls finish within `grace`, then models close."""
         await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
-        self.registry.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
+        for model in self.registry.models:
+            metrics.forget_model(model)
+        if self.metrics is not None:
+            self.metrics.stop()
 
 
 _SERVICES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Forecasting", "Models")]
+
+
+def scheduler_limits(settings: ServerSettings) -> SchedulerLimits:
+    return SchedulerLimits(
+        max_queued_requests=settings.max_queued_requests,
+        max_batch_rows=settings.max_batch_rows,
+        max_state_bytes=settings.max_state_mb * 1024 * 1024,
+        batching=settings.batching,
+    )
 
 
 def runtime_options(settings: ServerSettings) -> RuntimeOptions:
@@ -56,7 +74,8 @@ def runtime_options(settings: ServerSettings) -> RuntimeOptions:
 async def create_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Loads the bundles (unless a registry is given), binds, starts; returns the running server."""
     registry = registry or ModelRegistry.load(
-        settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model
+        settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model,
+        scheduler_limits(settings),
     )
     limit = settings.max_message_bytes
     server = grpc.aio.server(
@@ -70,7 +89,13 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     reflection.enable_server_reflection([*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
-    running = RunningServer(server, port, registry, health_servicer)
+    for name, model in registry.models.items():
+        m = model.manifest
+        metrics.set_model_info(name, m.version, m.task, m.architecture, model.runtime.provider)
+    exporter = None
+    if settings.metrics_port is not None:
+        exporter = metrics.start_metrics_server(settings.metrics_host, settings.metrics_port)
+    running = RunningServer(server, port, registry, health_servicer, exporter)
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
     return running
 
@@ -84,6 +109,8 @@ async def serve(settings: ServerSettings) -> None:
     address = f"{settings.host}:{running.port}"
     log.info("serving %s on %s", ", ".join(f"{n} ({m.runtime.provider})" for n, m in running.registry.models.items()) or "no models", address)
     print(f"seqcast listening on {address}", flush=True)
+    if running.metrics is not None:
+        print(f"  metrics: http://{settings.metrics_host}:{running.metrics.port}/metrics", flush=True)
     print(f"  try: seqcast-client --target {address} translate \"Save changes\"", flush=True)
     await stopping.wait()
     log.info("stopping: health NOT_SERVING, finishing in-flight requests (grace %.0fs)", GRACE_SECONDS)

@@ -23,9 +23,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port, 0 for any free one (default 50051)")
     p.add_argument("--model-dir", type=Path, help="bundle root (default models)")
-    p.add_argument("--default-model", help="model for requests that name none")
+    p.add_argument("--default-model", help="translation model for requests that name none")
+    p.add_argument("--default-forecast-model", help="forecast model for requests that name none")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--intra-op-threads", type=int)
+    p.add_argument("--metrics-port", type=int, help="port of the Prometheus /metrics endpoint, 0 for any free one (default 9464)")
+    p.add_argument("--batching", choices=["inflight", "static", "none"], help="scheduling policy (default inflight)")
+    p.add_argument("--max-batch-rows", type=int, help="rows decoded together per model (default 256)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -2,11 +2,11 @@
 
 The loop knows nothing of transformers, RNNs, tokens or values. The manifest says which
 decoder inputs are state (fed back from an output each step: the KV cache, or `h` and `c`),
-which are static (encoder outputs, the source mask) and whether the decoder takes positions and a mask over the cache.
-Rows that finish leave the batch at once, so later steps run on fewer rows. What a step chooses
-is a small `Select` function: the argmax token for translation (fed back as the next input id),
-or every forecast column for forecasting (the point forecast fed back as the next value). The
-same loop serves both.
+which are static (encoder outputs, the source mask) and whether the decoder takes positions and
+a mask over the cache. What a step chooses is up to each sequence's strategy
+(`seqcast.server.strategies`: greedy, sampling, beam search, forecasting), which sees only its
+own rows. Sequences join between steps and leave as soon as they finish (`Decoder`), so rows at
+different positions share one step: that is in-flight batching, and the scheduler drives it.
 
 Any object with the graph specs, `encode(source, mask)` and `step(feeds)` can drive it: the
 server's `OnnxModel`, PyTorch behind the same interface at export, or a scripted runtime in unit
@@ -15,15 +15,20 @@ tests.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
 from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens
+from seqcast.server.strategies import Finish, ForecastSequence, GreedySequence
+from seqcast.server.strategies import Sequence as DecodingSequence
+
+__all__ = ["DecodeBatch", "Decoder", "Finish", "Runtime", "StepTimings", "forecast_decode", "forecast_values",
+           "greedy_decode", "greedy_tokens", "pad_batch"]
 
 
 class Runtime(Protocol):
@@ -35,55 +40,10 @@ class Runtime(Protocol):
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-class Finish(enum.Enum):
-    EOS = "eos"
-    LENGTH = "length"
-    STOPPED = "stopped"  # the caller asked to stop (deadline passed, cancelled)
-
-
-# Called for every decoded step of a row: (row, item, finish). The item is what the row produced
-# (a token id, or a forecast step's columns); a row that ends on end-of-sequence gets None with
-# Finish.EOS, because the end-of-sequence token itself is not output.
-Emit = Callable[[int, Any, Finish | None], None]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What one step chose for each of its B rows."""
-
-    feed: np.ndarray  # (B,) the input of each row's next step
-    ended: np.ndarray  # (B,) bool: the row is complete (end-of-sequence)
-    items: Sequence[Any]  # (B,) what each row emits
-
-
-# Chooses from one step's output (B, K): logits, or forecast columns.
-Select = Callable[[np.ndarray], Selection]
-
-
-def argmax_select(eos: int) -> Select:
-    """Greedy token choice: the most likely token; a row ends on `eos`."""
-
-    def select(logits: np.ndarray) -> Selection:
-        tokens = logits.argmax(axis=-1).astype(np.int64)
-        return Selection(tokens, tokens == eos, tokens.tolist())
-
-    return select
-
-
-def point_select(column: int) -> Select:
-    """Forecast choice: every column is output; column `column` (the point forecast) is fed back."""
-
-    def select(columns: np.ndarray) -> Selection:
-        return Selection(columns[:, column].astype(np.float32), np.zeros(len(columns), dtype=bool), list(columns))
-
-    return select
-
-
 @dataclass
 class DecodeBatch:
-    """Decoder state of the rows decoded together; index i of every tensor belongs to rows[i]."""
+    """Decoder state of the rows decoded together; index i of every tensor is row i."""
 
-    rows: list[int]
     # Decoder inputs fixed for each row (encoder outputs, source mask), by input name.
     static: dict[str, np.ndarray]
     # Decoder inputs fed back from outputs each step (KV cache or RNN state), by input name.
@@ -93,14 +53,15 @@ class DecodeBatch:
     # (B,) the next step's position, and the value fed at the next step (token id or value).
     positions: np.ndarray
     feed: np.ndarray
-    # (B,) steps generated so far, and each row's limit.
-    generated: np.ndarray
-    limits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
 
 
 @dataclass
 class StepTimings:
     encoder_s: float = 0.0
+    encoder_calls: int = 0
     step_s: list[float] = field(default_factory=list)
     rows_per_step: list[int] = field(default_factory=list)
 
@@ -135,7 +96,6 @@ def start_batch(
     sources: Sequence[Sequence[int] | np.ndarray],
     pad: float,
     first_feed: np.ndarray,
-    limits: Sequence[int],
     timings: StepTimings,
 ) -> DecodeBatch:
     """Encodes the sources (token ids with end-of-sequence, or scaled values) as one batch.
@@ -148,24 +108,22 @@ def start_batch(
     t0 = time.perf_counter()
     encoded = runtime.encode(source, mask)
     timings.encoder_s += time.perf_counter() - t0
+    timings.encoder_calls += 1
     encoded[runtime.encoder_spec.attention_mask] = mask
     batch = len(sources)
     return DecodeBatch(
-        rows=list(range(batch)),
         static={s.input: encoded[s.source] for s in runtime.decoder_spec.static},
         state=_initial_state(runtime.decoder_spec, batch, encoded),
         past_mask=np.zeros((batch, 0), dtype=np.int64),
         positions=np.zeros(batch, dtype=np.int64),
         feed=first_feed.astype(dtype),
-        generated=np.zeros(batch, dtype=np.int64),
-        limits=np.asarray(limits, dtype=np.int64),
     )
 
 
 def step_output(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> np.ndarray:
     """Runs one decoder step on every row; returns its last-position output (B, K) and advances the state."""
     spec = runtime.decoder_spec
-    mask = np.concatenate([batch.past_mask, np.ones((len(batch.rows), 1), dtype=np.int64)], axis=1)
+    mask = np.concatenate([batch.past_mask, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
     feeds = {spec.feed: batch.feed[:, None], **batch.static, **batch.state}
     if spec.position_ids:
         feeds[spec.position_ids] = batch.positions[:, None]
@@ -174,53 +132,158 @@ def step_output(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> n
     t0 = time.perf_counter()
     out = runtime.step(feeds)
     timings.step_s.append(time.perf_counter() - t0)
-    timings.rows_per_step.append(len(batch.rows))
+    timings.rows_per_step.append(len(batch))
     batch.state = {s.input: out[s.output] for s in spec.state}
     batch.past_mask = mask
     batch.positions = batch.positions + 1
     return out[spec.output][:, -1, :]
 
 
-def keep_rows(batch: DecodeBatch, keep: np.ndarray) -> None:
-    """Drops the rows where keep (B,) is False from every tensor of the batch."""
-    if keep.all():
-        return
-    index = np.flatnonzero(keep)
-    batch.rows = [batch.rows[i] for i in index]
-    batch.static = {k: v[index] for k, v in batch.static.items()}
-    batch.state = {k: v[index] for k, v in batch.state.items()}
-    for name in ("past_mask", "positions", "feed", "generated", "limits"):
-        setattr(batch, name, getattr(batch, name)[index])
+def take(batch: DecodeBatch, index: np.ndarray) -> DecodeBatch:
+    """The rows `index` of the batch, in that order; a row may appear more than once (beams)."""
+    return DecodeBatch(
+        static={k: v[index] for k, v in batch.static.items()},
+        state={k: v[index] for k, v in batch.state.items()},
+        past_mask=batch.past_mask[index],
+        positions=batch.positions[index],
+        feed=batch.feed[index],
+    )
 
 
-def decode(
-    runtime: Runtime,
-    batch: DecodeBatch,
-    select: Select,
-    emit: Emit,
-    should_stop: Callable[[], bool],
-    timings: StepTimings,
-) -> None:
-    """Steps the batch until every row ended; each row's choices go to `emit` as they are made.
+def _pad_axis(x: np.ndarray, axis: int, size: int, left: bool) -> np.ndarray:
+    missing = size - x.shape[axis]
+    if missing <= 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (missing, 0) if left else (0, missing)
+    return np.pad(x, widths)
 
-    A row ends when `select` says so (end-of-sequence) or at its limit. `should_stop` is
-    checked before every step; when it says so, every remaining row ends with Finish.STOPPED.
+
+def merge(a: DecodeBatch, b: DecodeBatch, spec: DecoderSpec) -> DecodeBatch:
+    """The rows of `a` then the rows of `b`, as one batch.
+
+    Source-length inputs are right-padded to the longer source (their mask marks the padding).
+    Caches are left-padded to the longer past, so every row's latest step sits in the same last
+    slot and the next step appends after it; `past_mask` marks the padding slots.
     """
-    while batch.rows:
+    static = {}
+    for s in spec.static:
+        x, y = a.static[s.input], b.static[s.input]
+        if s.seq_axis is not None:
+            size = max(x.shape[s.seq_axis], y.shape[s.seq_axis])
+            x, y = _pad_axis(x, s.seq_axis, size, left=False), _pad_axis(y, s.seq_axis, size, left=False)
+        static[s.input] = np.concatenate([x, y])
+    past = max(a.past_mask.shape[1], b.past_mask.shape[1])
+    state = {}
+    for s in spec.state:
+        x, y = a.state[s.input], b.state[s.input]
+        if s.seq_axis is not None:
+            x, y = _pad_axis(x, s.seq_axis, past, left=True), _pad_axis(y, s.seq_axis, past, left=True)
+        state[s.input] = np.concatenate([x, y])
+    return DecodeBatch(
+        static=static,
+        state=state,
+        past_mask=np.concatenate([_pad_axis(a.past_mask, 1, past, True), _pad_axis(b.past_mask, 1, past, True)]),
+        positions=np.concatenate([a.positions, b.positions]),
+        feed=np.concatenate([a.feed, b.feed]),
+    )
+
+
+def trim(batch: DecodeBatch, spec: DecoderSpec) -> None:
+    """Drops cache slots that no row uses any more (left by rows that have left the batch)."""
+    used = batch.past_mask.any(axis=0)
+    if not used.size or used[0]:
+        return
+    cut = int(used.argmax()) if used.any() else used.size
+    batch.past_mask = batch.past_mask[:, cut:]
+    for s in spec.state:
+        if s.seq_axis is not None:
+            batch.state[s.input] = np.take(batch.state[s.input], np.arange(cut, used.size), axis=s.seq_axis)
+
+
+class Decoder:
+    """The decoding loop's body: sequences join the running batch, every step advances all of them.
+
+    Sequences (see `seqcast.server.strategies`) may join between any two steps: their sources are
+    encoded as one batch and merged into the running one. After each step every sequence says
+    which of its rows go on; finished ones leave at once and unused cache slots are dropped.
+    """
+
+    def __init__(self, runtime: Runtime, timings: StepTimings | None = None) -> None:
+        self.runtime = runtime
+        self.timings = timings or StepTimings()
+        self.batch: DecodeBatch | None = None
+        self.active: list[DecodingSequence] = []
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.batch is None else len(self.batch)
+
+    def join(
+        self, sequences: Sequence[DecodingSequence], sources: Sequence[Sequence[int] | np.ndarray], pad: float, first_feed: np.ndarray
+    ) -> None:
+        """Encodes the sources of `sequences` (one each) and adds their rows to the batch."""
+        new = start_batch(self.runtime, sources, pad, first_feed, self.timings)
+        widths = [s.width for s in sequences]
+        if any(w != 1 for w in widths):
+            new = take(new, np.repeat(np.arange(len(sequences)), widths))
+        self.batch = new if self.batch is None else merge(self.batch, new, self.runtime.decoder_spec)
+        self.active.extend(sequences)
+
+    def step(self) -> None:
+        """One decoder step for every row; each sequence chooses, emits and keeps or drops its rows."""
+        assert self.batch is not None
+        out = step_output(self.runtime, self.batch, self.timings)
+        index: list[int] = []
+        feeds: list[np.ndarray] = []
+        offset = 0
+        for seq in self.active:
+            width = seq.width
+            parents, feed = seq.advance(out[offset : offset + width])
+            index.extend(offset + p for p in parents)
+            feeds.append(feed)
+            offset += width
+        self.active = [s for s in self.active if not s.finished]
+        self._keep(np.asarray(index, dtype=np.int64), feeds)
+
+    def stop(self, sequences: Sequence[DecodingSequence]) -> None:
+        """Ends `sequences` now (Finish.STOPPED) and frees their rows."""
+        ending = {id(s) for s in sequences}
+        index, offset = [], 0
+        for seq in self.active:
+            if id(seq) not in ending:
+                index.extend(range(offset, offset + seq.width))
+            offset += seq.width
+        for seq in sequences:
+            if not seq.finished:
+                seq.stop()
+        self.active = [s for s in self.active if id(s) not in ending]
+        if self.batch is not None:
+            self._keep(np.asarray(index, dtype=np.int64), None)
+
+    def _keep(self, index: np.ndarray, feeds: list[np.ndarray] | None) -> None:
+        assert self.batch is not None
+        if not len(index):
+            self.batch = None
+            return
+        kept = take(self.batch, index)
+        if feeds is not None:
+            kept.feed = np.concatenate(feeds).astype(self.batch.feed.dtype)
+        trim(kept, self.runtime.decoder_spec)
+        self.batch = kept
+
+
+def _run(decoder: Decoder, should_stop: Callable[[], bool]) -> None:
+    """Steps until every sequence ended; `should_stop` (checked before every step) ends them all."""
+    while decoder.active:
         if should_stop():
-            for row in batch.rows:
-                emit(row, None, Finish.STOPPED)
+            decoder.stop(list(decoder.active))
             break
-        chosen = select(step_output(runtime, batch, timings))
-        batch.generated += 1
-        full = ~chosen.ended & (batch.generated >= batch.limits)
-        for i, row in enumerate(batch.rows):
-            if chosen.ended[i]:
-                emit(row, None, Finish.EOS)
-            else:
-                emit(row, chosen.items[i], Finish.LENGTH if full[i] else None)
-        batch.feed = chosen.feed
-        keep_rows(batch, ~(chosen.ended | full))
+        decoder.step()
+
+
+# Called for every decoded step of a row: (row, item, finish); see `strategies.Emit`.
+RowEmit = Callable[[int, Any, Finish | None], None]
 
 
 def greedy_decode(
@@ -228,15 +291,15 @@ def greedy_decode(
     special: SpecialTokens,
     sources: Sequence[Sequence[int]],
     limits: Sequence[int],
-    emit: Emit,
+    emit: RowEmit,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> StepTimings:
-    """Greedy decoding of token sources; `limits[i]` is the most new tokens for source i."""
-    timings = StepTimings()
-    first = np.full(len(sources), special.bos, dtype=np.int64)
-    batch = start_batch(runtime, sources, special.pad, first, limits, timings)
-    decode(runtime, batch, argmax_select(special.eos), emit, should_stop, timings)
-    return timings
+    """Greedy decoding of token sources, all starting together; `limits[i]` is the most new tokens for source i."""
+    decoder = Decoder(runtime)
+    sequences = [GreedySequence(special.eos, limit, partial(emit, i)) for i, limit in enumerate(limits)]
+    decoder.join(sequences, sources, special.pad, np.full(len(sources), special.bos, dtype=np.int64))
+    _run(decoder, should_stop)
+    return decoder.timings
 
 
 def forecast_decode(
@@ -244,18 +307,18 @@ def forecast_decode(
     contexts: Sequence[np.ndarray],
     horizons: Sequence[int],
     point_column: int,
-    emit: Emit,
+    emit: RowEmit,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> StepTimings:
     """Forecasts every scaled context `horizons[i]` steps; each step's columns go to `emit`.
 
     The first decoder input of a row is its last context value; after that, its point forecast.
     """
-    timings = StepTimings()
-    first = np.array([c[-1] for c in contexts], dtype=np.float32)
-    batch = start_batch(runtime, contexts, 0.0, first, horizons, timings)
-    decode(runtime, batch, point_select(point_column), emit, should_stop, timings)
-    return timings
+    decoder = Decoder(runtime)
+    sequences = [ForecastSequence(h, partial(emit, i), point_column) for i, h in enumerate(horizons)]
+    decoder.join(sequences, contexts, 0.0, np.array([c[-1] for c in contexts], dtype=np.float32))
+    _run(decoder, should_stop)
+    return decoder.timings
 
 
 def greedy_tokens(

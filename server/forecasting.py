@@ -1,4 +1,4 @@
-"""Forecast requests: validation, scaling, decoding on the model's worker, unscaling.
+"""Forecast requests: validation, scaling, decoding on the model's scheduler, unscaling.
 
 Each series is cut to the model's context length (its last values), scaled with the bundle's
 scaler fitted on that context, forecast through the same decoding loop as translation (the
@@ -9,20 +9,23 @@ never cleaned up silently.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from seqcast.server.decoding import Finish, forecast_decode
 from seqcast.server.errors import InvalidArgument
 from seqcast.server.models import LoadedModel
 from seqcast.server.manifest import ForecastSpec
 from seqcast.server.scaling import MeanAbsScaler, Scale
+from seqcast.server.scheduler import run_job
 from seqcast.server.settings import ServerSettings
-from seqcast.server.worker import run_on_worker
+from seqcast.server.strategies import Finish, ForecastSequence
+from seqcast.server.strategies import Sequence as DecodingSequence
 
 # Values beyond this magnitude are refused: models compute in float32 (largest ~3.4e38), and a
 # value this large is a unit or parsing error far more often than a measurement.
@@ -101,45 +104,35 @@ def prepare(
     return ForecastJob(model, contexts, scales, horizon, deadline)
 
 
-def _decode_in_batches(job: ForecastJob, rows: int, should_stop: Callable[[], bool]) -> list[list[np.ndarray]]:
-    """Every series' step columns (scaled), decoded `rows` series at a time, similar lengths together."""
-    spec = job.model.manifest.forecast
-    assert spec is not None
-    point = spec.columns.index(spec.point)
-    steps: list[list[np.ndarray]] = [[] for _ in job.contexts]
-    order = sorted(range(len(job.contexts)), key=lambda i: len(job.contexts[i]))
-    for start in range(0, len(order), rows):
-        index = order[start : start + rows]
-
-        def emit(row: int, columns: np.ndarray | None, finish: Finish | None, index: list[int] = index) -> None:
-            if columns is not None:
-                steps[index[row]].append(columns)
-
-        forecast_decode(
-            job.model.runtime, [job.contexts[i] for i in index], [job.horizon] * len(index), point, emit, should_stop
-        )
-        if should_stop():
-            break
-    return steps
-
-
-async def forecast(job: ForecastJob, settings: ServerSettings, stop: threading.Event) -> list[SeriesForecast]:
+async def forecast(job: ForecastJob, stop: threading.Event) -> list[SeriesForecast]:
     """Forecasts every series of the job; `stop` set (client gone) ends decoding at the next step."""
-    result: list[list[np.ndarray]] = []
+    spec, scaler = job.model.manifest.forecast, job.model.scaler
+    assert spec is not None and scaler is not None
+    steps: list[list[np.ndarray]] = [[] for _ in job.contexts]
 
-    def work(should_stop: Callable[[], bool]) -> None:
-        result.extend(_decode_in_batches(job, settings.forecast_batch_rows, should_stop))
+    def emit(index: int, columns: np.ndarray | None, finish: Finish | None) -> None:
+        if columns is not None:
+            steps[index].append(columns)
 
-    await run_on_worker(
-        job.model, job.deadline, settings.max_queued_requests, stop, work,
-        "raise the deadline, lower the horizon or send fewer series per request",
-    )
+    point = spec.columns.index(spec.point)
+    scheduler = job.model.scheduler
+    assert scheduler is not None
+    # A call may hold more series than one batch decodes: its chunks join as rows free up.
+    chunk = scheduler.limits.max_batch_rows
+    runs = []
+    for start in range(0, len(job.contexts), chunk):
+        index = range(start, min(start + chunk, len(job.contexts)))
+        sequences: list[DecodingSequence] = [ForecastSequence(job.horizon, partial(emit, i), point) for i in index]
+        contexts = [job.contexts[i] for i in index]
+        first = np.array([c[-1] for c in contexts], dtype=np.float32)
+        runs.append(run_job(
+            scheduler, sequences, contexts, 0.0, first, job.deadline, stop,
+            "raise the deadline, lower the horizon or send fewer series per request",
+        ))
+    await asyncio.gather(*runs)
     if stop.is_set():  # the caller went away; nobody reads the answer
         return []
-    scaler = job.model.scaler
-    assert scaler is not None
-    out = []
-    for steps, scale, context in zip(result, job.scales, job.contexts):
-        columns = scaler.inverse(np.stack(steps).astype(np.float64), scale)
-        out.append(SeriesForecast(columns, len(context)))
-    return out
+    return [
+        SeriesForecast(scaler.inverse(np.stack(s).astype(np.float64), scale), len(context))
+        for s, scale, context in zip(steps, job.scales, job.contexts)
+    ]

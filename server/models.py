@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +20,7 @@ from seqcast.server.errors import InvalidArgument, ModelNotFound
 from seqcast.server.manifest import MANIFEST_FILE, Manifest
 from seqcast.server.runtime import BundleMismatch, OnnxModel, RuntimeOptions
 from seqcast.server.scaling import MeanAbsScaler
+from seqcast.server.scheduler import Scheduler, SchedulerLimits
 from seqcast.server.text import TextCodec
 
 Task = Literal["translation", "forecast"]
@@ -79,7 +78,7 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
 
 @dataclass
 class LoadedModel:
-    """A servable model: its manifest, sessions, tokenizer or scaler, and the worker that decodes for it."""
+    """A servable model: its manifest, sessions, tokenizer or scaler, and (when served) its scheduler."""
 
     path: Path
     manifest: Manifest
@@ -87,14 +86,9 @@ class LoadedModel:
     # Translation models have a tokenizer, forecast models a scaler.
     codec: TextCodec | None
     scaler: MeanAbsScaler | None
-    # One decoding thread per model: ONNX Runtime releases the GIL, the event loop stays free.
-    worker: ThreadPoolExecutor = field(init=False)
-    # Requests admitted and not yet finished (decoding or waiting for the worker).
-    pending: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{self.manifest.name}")
+    # Admission and in-flight batching on the model's decoding thread (ONNX Runtime releases the
+    # GIL, so the event loop stays free); set by the registry.
+    scheduler: Scheduler | None = None
 
     @property
     def name(self) -> str:
@@ -116,8 +110,16 @@ def load_model(bundle_dir: Path, options: RuntimeOptions) -> LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, models: list[LoadedModel], default_model: str = "", default_forecast_model: str = "") -> None:
+    def __init__(
+        self,
+        models: list[LoadedModel],
+        default_model: str = "",
+        default_forecast_model: str = "",
+        limits: SchedulerLimits = SchedulerLimits(),
+    ) -> None:
         self.models = {m.name: m for m in models}
+        for model in models:
+            model.scheduler = Scheduler(model.name, model.runtime, limits)
         self.defaults = {
             "translation": self._default("translation", default_model, "en-de"),
             "forecast": self._default("forecast", default_forecast_model, "tourism"),
@@ -131,7 +133,12 @@ class ModelRegistry:
 
     @classmethod
     def load(
-        cls, model_dir: Path, options: RuntimeOptions, default_model: str = "", default_forecast_model: str = ""
+        cls,
+        model_dir: Path,
+        options: RuntimeOptions,
+        default_model: str = "",
+        default_forecast_model: str = "",
+        limits: SchedulerLimits = SchedulerLimits(),
     ) -> "ModelRegistry":
         loaded = []
         for bundle_dir in discover(model_dir):
@@ -147,7 +154,7 @@ class ModelRegistry:
             loaded.append(model)
         if not loaded:
             log.warning("no servable bundle under %s", model_dir)
-        return cls(loaded, default_model, default_forecast_model)
+        return cls(loaded, default_model, default_forecast_model, limits)
 
     def get(self, name: str, task: Task) -> LoadedModel:
         """The model called `name` (empty: the default model of `task`), which must serve `task`."""
@@ -163,5 +170,7 @@ class ModelRegistry:
         return model
 
     def close(self) -> None:
+        """Stops every model's scheduler once its running and queued requests are done."""
         for model in self.models.values():
-            model.worker.shutdown(wait=True)
+            if model.scheduler is not None:
+                model.scheduler.close()

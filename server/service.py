@@ -7,19 +7,21 @@ with the traceback logged.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
-from seqcast.server import forecasting, translation
-from seqcast.server.decoding import Finish
+from seqcast.server import forecasting, metrics, translation
+from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 from seqcast.server.errors import ServingError
 from seqcast.server.manifest import ForecastSpec
-from seqcast.server.models import ModelRegistry
+from seqcast.server.models import ModelRegistry, Task
 from seqcast.server.settings import ServerSettings
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
@@ -33,6 +35,19 @@ _FINISH = {
 }
 
 T = TypeVar("T")
+
+
+def _code(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, ServingError):
+        return error.code
+    return grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else grpc.StatusCode.INTERNAL
+
+
+def _model_label(registry: ModelRegistry, name: str, task: Task) -> str:
+    """The model a request is counted under: its name if loaded (the task's default if empty),
+    else "unknown" (so made-up names cannot grow the metric's label set)."""
+    name = name or registry.defaults[task]
+    return name if name in registry.models else "unknown"
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
@@ -49,19 +64,51 @@ def _stop_on_done(context: grpc.aio.ServicerContext) -> threading.Event:
     return stop
 
 
-def _unary_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Maps errors to status codes and records the request's duration and code."""
+
     @functools.wraps(method)
-    async def wrapper(self: object, request: object, context: grpc.aio.ServicerContext) -> T:
+    async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return await method(self, request, context)
-        except Exception as e:
-            await _abort(context, e, method.__name__)
-            raise  # unreachable: abort raises
+        except BaseException as e:
+            code = _code(e)
+            if isinstance(e, Exception):
+                await _abort(context, e, method.__name__)
+            raise
+        finally:
+            label = _model_label(self.registry, request.model, self.task)
+            metrics.observe_request(label, method.__name__, code, time.perf_counter() - started)
 
     return wrapper
 
 
-class TranslationServicer(pb_grpc.TranslationServicer):
+class _Servicer:
+    registry: ModelRegistry
+    task: Task
+
+
+def _strategy(decoding: pb.Decoding) -> Strategy:
+    """The request's decoding strategy; unset fields take their documented defaults."""
+    kind = decoding.WhichOneof("strategy")
+    if kind == "beam_search":
+        beam = decoding.beam_search
+        return BeamSearch(beam.beam_size, beam.length_penalty if beam.HasField("length_penalty") else 1.0)
+    if kind == "sampling":
+        s = decoding.sampling
+        return Sampling(
+            temperature=s.temperature if s.HasField("temperature") else 1.0,
+            top_k=s.top_k,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            seed=s.seed if s.HasField("seed") else None,
+        )
+    return Greedy()
+
+
+class TranslationServicer(_Servicer, pb_grpc.TranslationServicer):
+    task: Task = "translation"
+
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
         self.registry = registry
         self.settings = settings
@@ -69,12 +116,14 @@ class TranslationServicer(pb_grpc.TranslationServicer):
     def _job(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> translation.TranslateJob:
         model = self.registry.get(request.model, "translation")
         max_new = request.max_new_tokens if request.HasField("max_new_tokens") else None
-        return translation.prepare(model, list(request.texts), max_new, self.settings, context.time_remaining())
+        return translation.prepare(
+            model, list(request.texts), max_new, self.settings, context.time_remaining(), _strategy(request.decoding)
+        )
 
-    @_unary_errors
+    @_unary
     async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
         job = self._job(request, context)
-        outputs = await translation.translate(job, self.settings, _stop_on_done(context))
+        outputs = await translation.translate(job, _stop_on_done(context))
         codec = job.model.codec
         return pb.TranslateResponse(
             model=job.model.name,
@@ -93,9 +142,10 @@ class TranslationServicer(pb_grpc.TranslationServicer):
     async def TranslateStream(
         self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TranslateChunk]:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             job = self._job(request, context)
-            async for piece in translation.translate_stream(job, self.settings, _stop_on_done(context)):
+            async for piece in translation.translate_stream(job, _stop_on_done(context)):
                 yield pb.TranslateChunk(
                     index=piece.index,
                     text=piece.text,
@@ -103,21 +153,29 @@ class TranslationServicer(pb_grpc.TranslationServicer):
                     input_tokens=len(job.sources[piece.index]),
                     output_tokens=piece.output_tokens,
                 )
-        except Exception as e:
-            await _abort(context, e, "TranslateStream")
+        except BaseException as e:
+            code = _code(e)
+            if isinstance(e, Exception):
+                await _abort(context, e, "TranslateStream")
+            raise
+        finally:
+            label = _model_label(self.registry, request.model, self.task)
+            metrics.observe_request(label, "TranslateStream", code, time.perf_counter() - started)
 
 
-class ForecastingServicer(pb_grpc.ForecastingServicer):
+class ForecastingServicer(_Servicer, pb_grpc.ForecastingServicer):
+    task: Task = "forecast"
+
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
         self.registry = registry
         self.settings = settings
 
-    @_unary_errors
+    @_unary
     async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext) -> pb.ForecastResponse:
         model = self.registry.get(request.model, "forecast")
         series = [s.values for s in request.series]
         job = forecasting.prepare(model, series, request.horizon, self.settings, context.time_remaining())
-        results = await forecasting.forecast(job, self.settings, _stop_on_done(context))
+        results = await forecasting.forecast(job, _stop_on_done(context))
         spec = model.manifest.forecast
         assert spec is not None
         point = spec.columns.index(spec.point)

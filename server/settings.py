@@ -20,6 +20,10 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
 
+    # Prometheus metrics (`/metrics`) over HTTP, on its own port; None turns the endpoint off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(9464, ge=0, le=65535)
+
     # Bundles: every models/<name>/<version>/ below this directory; the highest version per name.
     model_dir: Path = Path("models")
     # Models used when a request names none; empty: "en-de" (translation) and "tourism"
@@ -36,14 +40,21 @@ class ServerSettings(BaseSettings):
     # max_source_tokens once tokenized, are refused with INVALID_ARGUMENT (never truncated).
     max_texts_per_request: int = Field(64, ge=1)
     max_input_chars: int = Field(2000, ge=1)
-    # Forecast requests: series per request, and the most series one decoder batch runs (a
-    # larger request runs as several batches, one after another).
+    # Series in one forecast request (a request larger than max_batch_rows joins in chunks).
     max_series_per_request: int = Field(4096, ge=1)
-    forecast_batch_rows: int = Field(256, ge=1)
+    # Beam search: the largest beam a request may ask for.
+    max_beam_size: int = Field(8, ge=1)
+    # Scheduling, per model: "inflight" (requests join the running batch at every step),
+    # "static" (join only an empty batch) or "none" (one request at a time).
+    batching: Literal["inflight", "static", "none"] = "inflight"
+    # Rows decoded together (a text is one row, beam_size rows with beam search) and decoder
+    # state (caches, encoder outputs) above which new requests wait for rows to leave.
+    max_batch_rows: int = Field(256, ge=1)
+    max_state_mb: int = Field(512, ge=1)
     # Largest request or reply message. gRPC's default of 4 MiB holds about 500 series of 1,000
     # values; 1,024 series of a week of half-hourly values need more.
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=4 * 1024 * 1024)
-    # Requests waiting per model beyond the one decoding; more get RESOURCE_EXHAUSTED at once.
+    # Requests waiting per model to join the batch; more get RESOURCE_EXHAUSTED at once.
     max_queued_requests: int = Field(64, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,4 +1,4 @@
-"""Translation requests: validation, and greedy decoding on the model's worker.
+"""Translation requests: validation, decoding strategy, and decoding on the model's scheduler.
 
 Over-long input is refused, never truncated: a text over `max_input_chars` characters, or over
 the model's `max_source_tokens` once tokenized, gets INVALID_ARGUMENT naming the text's index,
@@ -12,13 +12,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-from seqcast.server.decoding import Finish, greedy_decode
+import numpy as np
+
 from seqcast.server.errors import InvalidArgument
 from seqcast.server.models import LoadedModel
+from seqcast.server.scheduler import run_job
 from seqcast.server.settings import ServerSettings
+from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy, token_sequence
 from seqcast.server.text import StreamDetokenizer
-from seqcast.server.worker import run_on_worker
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class TranslateJob:
     limits: list[int]  # most new tokens per text
     # Absolute time.monotonic() after which decoding stops; None = no deadline.
     deadline: float | None
+    strategy: Strategy = Greedy()
 
 
 @dataclass
@@ -54,6 +58,7 @@ def prepare(
     max_new_tokens: int | None,
     settings: ServerSettings,
     time_remaining: float | None,
+    strategy: Strategy = Greedy(),
 ) -> TranslateJob:
     """Checks a request against the settings and the model's limits; raises InvalidArgument."""
     name, most = model.name, model.manifest.max_new_tokens
@@ -79,24 +84,52 @@ def prepare(
                 f"{model.manifest.max_source_tokens}: split the text into sentences and send them as separate texts"
             )
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
-    return TranslateJob(model, sources, [max_new_tokens or most] * len(texts), deadline)
+    return TranslateJob(model, sources, [max_new_tokens or most] * len(texts), deadline, check_strategy(strategy, settings))
 
 
 OnToken = Callable[[int, int | None, Finish | None], None]
 
 
-async def _run(job: TranslateJob, settings: ServerSettings, stop: threading.Event, on_token: OnToken) -> None:
+def check_strategy(strategy: Strategy, settings: ServerSettings) -> Strategy:
+    """Refuses settings a strategy cannot decode with; raises InvalidArgument naming the field."""
+    if isinstance(strategy, BeamSearch):
+        if not 1 <= strategy.beam_size <= settings.max_beam_size:
+            raise InvalidArgument(f"beam_search.beam_size must be between 1 and {settings.max_beam_size}, got {strategy.beam_size}")
+        if not 0 <= strategy.length_penalty <= 10:
+            raise InvalidArgument(f"beam_search.length_penalty must be between 0 and 10, got {strategy.length_penalty}")
+    if isinstance(strategy, Sampling):
+        if not 0 < strategy.temperature <= 100:
+            raise InvalidArgument(f"sampling.temperature must be above 0 and at most 100, got {strategy.temperature}")
+        if strategy.top_k < 0:
+            raise InvalidArgument(f"sampling.top_k must be 0 (no limit) or more, got {strategy.top_k}")
+        if not 0 < strategy.top_p <= 1:
+            raise InvalidArgument(f"sampling.top_p must be above 0 and at most 1, got {strategy.top_p}")
+    return strategy
+
+
+def _rng(strategy: Strategy, index: int) -> np.random.Generator | None:
+    """Text `index`'s own generator: seeded by (seed, index), so each text's draws are reproducible
+    and independent of the other texts and of whatever else shares the batch."""
+    if not isinstance(strategy, Sampling):
+        return None
+    return np.random.default_rng(None if strategy.seed is None else [strategy.seed, index])
+
+
+async def _run(job: TranslateJob, stop: threading.Event, on_token: OnToken) -> None:
     special = job.model.manifest.special_tokens
-
-    def work(should_stop: Callable[[], bool]) -> None:
-        greedy_decode(job.model.runtime, special, job.sources, job.limits, on_token, should_stop)
-
-    await run_on_worker(
-        job.model, job.deadline, settings.max_queued_requests, stop, work, "raise the deadline or lower max_new_tokens"
+    sequences = [
+        token_sequence(job.strategy, special.eos, limit, partial(on_token, i), _rng(job.strategy, i))
+        for i, limit in enumerate(job.limits)
+    ]
+    first = np.full(len(job.sources), special.bos, dtype=np.int64)
+    assert job.model.scheduler is not None
+    await run_job(
+        job.model.scheduler, sequences, job.sources, special.pad, first, job.deadline, stop,
+        "raise the deadline or lower max_new_tokens",
     )
 
 
-async def translate(job: TranslateJob, settings: ServerSettings, stop: threading.Event) -> list[Output]:
+async def translate(job: TranslateJob, stop: threading.Event) -> list[Output]:
     """Decodes every text of the job; `stop` set (client gone) ends decoding at the next step."""
     outputs = [Output() for _ in job.sources]
 
@@ -105,11 +138,11 @@ async def translate(job: TranslateJob, settings: ServerSettings, stop: threading
             outputs[row].tokens.append(token)
         outputs[row].finish = finish
 
-    await _run(job, settings, stop, on_token)
+    await _run(job, stop, on_token)
     return outputs
 
 
-async def translate_stream(job: TranslateJob, settings: ServerSettings, stop: threading.Event) -> AsyncIterator[Piece]:
+async def translate_stream(job: TranslateJob, stop: threading.Event) -> AsyncIterator[Piece]:
     """Yields text pieces as tokens are decoded; each text's last piece carries its finish."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, int | None, Finish | None] | BaseException | None] = asyncio.Queue()
@@ -119,7 +152,7 @@ async def translate_stream(job: TranslateJob, settings: ServerSettings, stop: th
 
     async def run() -> None:
         try:
-            await _run(job, settings, stop, on_token)
+            await _run(job, stop, on_token)
             queue.put_nowait(None)
         except BaseException as e:  # handed to the consumer below, which re-raises it
             queue.put_nowait(e)

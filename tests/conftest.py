@@ -75,7 +75,8 @@ class ServerThread:
 
 
 def start_server(model_dir: Path, **overrides: object) -> ServerThread:
-    settings = {"default_model": "tiny-transformer", "default_forecast_model": "tiny-forecast-transformer", **overrides}
+    settings = {"default_model": "tiny-transformer", "default_forecast_model": "tiny-forecast-transformer",
+                "metrics_port": 0, **overrides}
     return ServerThread(ServerSettings(model_dir=model_dir, port=0, **settings))
 
 

@@ -157,7 +157,7 @@ def test_seqcast_serve_starts_answers_and_stops_on_sigterm(model_dir: Path) -> N
     """The README's path: `seqcast serve` as a process, called by `seqcast-client`."""
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
-        [bin_dir / "seqcast", "serve", "--model-dir", str(model_dir), "--port", "0", "--default-model", "tiny-transformer"],
+        [bin_dir / "seqcast", "serve", "--model-dir", str(model_dir), "--port", "0", "--metrics-port", "0", "--default-model", "tiny-transformer"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )
     try:
@@ -179,26 +179,25 @@ def test_seqcast_serve_starts_answers_and_stops_on_sigterm(model_dir: Path) -> N
 
 
 def test_a_full_queue_answers_resource_exhausted_without_waiting(model_dir: Path) -> None:
-    srv = start_server(model_dir, max_queued_requests=0)
-    model = srv.running.registry.models["tiny-transformer"]
-    release = threading.Event()
-    model.worker.submit(release.wait)  # the model's decoding worker is busy until released
+    srv = start_server(model_dir, max_queued_requests=1)
+    scheduler = srv.running.registry.models["tiny-transformer"].scheduler
+    scheduler.hold()  # queued requests wait until released
     try:
         with SeqcastClient(srv.target) as client, ThreadPoolExecutor(1) as pool:
             first = pool.submit(client.translate, "Open file", max_new_tokens=4)
             deadline = time.monotonic() + 30
-            while model.pending < 1 and time.monotonic() < deadline:  # admitted, waiting for the worker
+            while scheduler.queued < 1 and time.monotonic() < deadline:  # admitted, waiting to join
                 time.sleep(0.01)
-            assert model.pending == 1
-            # Refused while the worker is still blocked: the answer did not wait for it.
+            assert scheduler.queued == 1
+            # Refused while the first still waits: the answer did not wait for it.
             with pytest.raises(SeqcastError) as err:
                 client.translate("Save changes", max_new_tokens=4, timeout=30)
             assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "requests in flight (limit 1); retry with backoff" in err.value.message
-            assert not release.is_set() and not first.done()
-            release.set()
+            assert "requests waiting (limit 1); retry with backoff" in err.value.message
+            assert not first.done()
+            scheduler.release()
             assert len(first.result(timeout=30)) == 1  # the admitted request is served
             assert client.translate("Save changes", max_new_tokens=4)  # and the server goes on
     finally:
-        release.set()
+        scheduler.release()
         srv.stop()

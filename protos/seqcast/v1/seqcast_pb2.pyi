@@ -17,14 +17,50 @@ FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("model", "texts", "max_new_tokens")
+    __slots__ = ("model", "texts", "max_new_tokens", "decoding")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODING_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     max_new_tokens: int
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    decoding: Decoding
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ...) -> None: ...
+
+class Decoding(_message.Message):
+    __slots__ = ("greedy", "beam_search", "sampling")
+    GREEDY_FIELD_NUMBER: _ClassVar[int]
+    BEAM_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    greedy: Greedy
+    beam_search: BeamSearch
+    sampling: Sampling
+    def __init__(self, greedy: _Optional[_Union[Greedy, _Mapping]] = ..., beam_search: _Optional[_Union[BeamSearch, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+
+class Greedy(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BeamSearch(_message.Message):
+    __slots__ = ("beam_size", "length_penalty")
+    BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    beam_size: int
+    length_penalty: float
+    def __init__(self, beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ...) -> None: ...
+
+class Sampling(_message.Message):
+    __slots__ = ("temperature", "top_k", "top_p", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TranslationResult(_message.Message):
     __slots__ = ("text", "finish_reason", "input_tokens", "output_tokens")
