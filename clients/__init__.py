@@ -1,9 +1,11 @@
 """seqcast's Python client: `SeqcastClient` and the records it returns. `seqcast-client` is `cli`."""
 
 from seqcast.client.client import (
+    BeamSearch,
     ForecastInfo,
     ForecastResult,
     ModelInfo,
+    Sampling,
     SeqcastClient,
     SeqcastError,
     SeriesForecast,
@@ -12,6 +14,6 @@ from seqcast.client.client import (
 )
 
 __all__ = [
-    "ForecastInfo", "ForecastResult", "ModelInfo", "SeqcastClient", "SeqcastError", "SeriesForecast", "Translation",
+    "BeamSearch", "ForecastInfo", "ForecastResult", "ModelInfo", "Sampling", "SeqcastClient", "SeqcastError", "SeriesForecast", "Translation",
     "TranslationChunk",
 ]

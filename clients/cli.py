@@ -380,6 +380,8 @@ def _bench(client: SeqcastClient, args: argparse.Namespace) -> int:
         print(json.dumps(asdict(summary), indent=2))
     else:
         print(format_load_summary(summary), end="")
+    if summary.window_s == 0:
+        print("error: sending stopped before the warm-up ended; lower --warmup or raise --max-requests", file=sys.stderr)
     return 0 if summary.completed > 0 else 1
 
 

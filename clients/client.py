@@ -21,6 +21,24 @@ from seqcast.v1 import seqcast_pb2, seqcast_pb2_grpc
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
+@dataclass(frozen=True)
+class BeamSearch:
+    """Beam search: the best of `beam_size` hypotheses by log-probability / length ** length_penalty."""
+
+    beam_size: int = 4
+    length_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Random draws from the model's distribution; a `seed` makes the output reproducible."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    seed: int | None = None
+
+
 class SeqcastError(Exception):
     """A failed call: the gRPC status code and the server's message."""
 
@@ -169,13 +187,14 @@ class SeqcastClient:
         model: str = "",
         max_new_tokens: int | None = None,
         timeout: float | None = None,
+        decoding: BeamSearch | Sampling | None = None,
     ) -> list[Translation]:
         """Translates `texts` (one string or several) and returns one result per text, in order.
 
         `model` empty means the server's default; `max_new_tokens` None means the model's maximum;
-        `timeout` is the call's deadline in seconds.
+        `timeout` is the call's deadline in seconds; `decoding` None means greedy.
         """
-        request = _request(texts, model, max_new_tokens)
+        request = _request(texts, model, max_new_tokens, decoding)
         try:
             response = self._translation.Translate(request, timeout=timeout)
         except grpc.RpcError as e:
@@ -191,13 +210,15 @@ class SeqcastClient:
         model: str = "",
         max_new_tokens: int | None = None,
         timeout: float | None = None,
+        decoding: BeamSearch | Sampling | None = None,
     ) -> Iterator[TranslationChunk]:
         """Like `translate`, but yields pieces as they are decoded.
 
         Pieces of one index arrive in order; pieces of different indices may interleave.
-        Closing the iterator early cancels the call.
+        Closing the iterator early cancels the call. With beam search a text's tokens arrive
+        together when its search ends.
         """
-        call = self._translation.TranslateStream(_request(texts, model, max_new_tokens), timeout=timeout)
+        call = self._translation.TranslateStream(_request(texts, model, max_new_tokens, decoding), timeout=timeout)
         return _chunks(call)
 
     def forecast(
@@ -256,11 +277,20 @@ class SeqcastClient:
 
 
 def _request(
-    texts: str | Sequence[str], model: str, max_new_tokens: int | None
+    texts: str | Sequence[str], model: str, max_new_tokens: int | None, decoding: BeamSearch | Sampling | None = None
 ) -> seqcast_pb2.TranslateRequest:
     texts = [texts] if isinstance(texts, str) else list(texts)
     # Leave the optional field unset for None: the server then uses the model's maximum.
-    return seqcast_pb2.TranslateRequest(model=model, texts=texts, max_new_tokens=max_new_tokens)
+    request = seqcast_pb2.TranslateRequest(model=model, texts=texts, max_new_tokens=max_new_tokens)
+    if isinstance(decoding, BeamSearch):
+        request.decoding.beam_search.CopyFrom(
+            seqcast_pb2.BeamSearch(beam_size=decoding.beam_size, length_penalty=decoding.length_penalty)
+        )
+    elif isinstance(decoding, Sampling):
+        request.decoding.sampling.CopyFrom(seqcast_pb2.Sampling(
+            temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p, seed=decoding.seed
+        ))
+    return request
 
 
 def _forecast_request(
