@@ -266,7 +266,9 @@ class Decoder:
         if not len(index):
             self.batch = None
             return
-        kept = take(self.batch, index)
+        # Every row goes on in place (the common step): keep the arrays, no copy.
+        unchanged = len(index) == len(self.batch) and bool((index == np.arange(len(index))).all())
+        kept = self.batch if unchanged else take(self.batch, index)
         if feeds is not None:
             kept.feed = np.concatenate(feeds).astype(self.batch.feed.dtype)
         trim(kept, self.runtime.decoder_spec)

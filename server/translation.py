@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -142,35 +143,74 @@ async def translate(job: TranslateJob, stop: threading.Event) -> list[Output]:
     return outputs
 
 
-async def translate_stream(job: TranslateJob, stop: threading.Event) -> AsyncIterator[Piece]:
-    """Yields text pieces as tokens are decoded; each text's last piece carries its finish."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, int | None, Finish | None] | BaseException | None] = asyncio.Queue()
+class _TokenMailbox:
+    """Tokens from the decoding thread to the event loop, one wake-up per batch of tokens.
 
-    def on_token(row: int, token: int | None, finish: Finish | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (row, token, finish))
+    Waking the event loop costs a system call; with many rows per step, one wake-up per token
+    would spend the server's time on wake-ups. Tokens queue here and the loop drains them all
+    at once, so a busy loop also sends fewer, larger chunks.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[tuple[int, int | None, Finish | None]] = deque()
+        self.lock = threading.Lock()
+        self.ready = asyncio.Event()
+        self.woken = False
+
+    def put(self, row: int, token: int | None, finish: Finish | None) -> None:
+        with self.lock:
+            self.items.append((row, token, finish))
+            if self.woken:
+                return
+            self.woken = True
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    def take(self) -> list[tuple[int, int | None, Finish | None]]:
+        with self.lock:
+            items, self.items = list(self.items), deque()
+            self.woken = False
+            self.ready.clear()
+        return items
+
+
+async def translate_stream(job: TranslateJob, stop: threading.Event) -> AsyncIterator[Piece]:
+    """Yields text pieces as tokens are decoded; each text's last piece carries its finish.
+
+    Tokens that arrived together are sent as one piece per text.
+    """
+    mailbox = _TokenMailbox(asyncio.get_running_loop())
+    outcome: list[BaseException | None] = []
 
     async def run() -> None:
         try:
-            await _run(job, stop, on_token)
-            queue.put_nowait(None)
+            await _run(job, stop, mailbox.put)
+            outcome.append(None)
         except BaseException as e:  # handed to the consumer below, which re-raises it
-            queue.put_nowait(e)
+            outcome.append(e)
+        mailbox.ready.set()
 
     # Held so the task is not garbage-collected while it runs (asyncio keeps weak references).
     task = asyncio.create_task(run())
     detokenizers = [StreamDetokenizer(job.model.codec) for _ in job.sources]
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            row, token, finish = item
-            if finish is Finish.STOPPED:
-                continue
-            text = detokenizers[row].push(token) if token is not None else ""
-            if finish is not None:
-                text += detokenizers[row].finish()
-            yield Piece(row, text, finish, len(detokenizers[row].ids))
+        while True:
+            await mailbox.ready.wait()
+            finished = bool(outcome)
+            pieces: dict[int, tuple[str, Finish | None]] = {}
+            for row, token, finish in mailbox.take():
+                if finish is Finish.STOPPED:
+                    continue
+                text = detokenizers[row].push(token) if token is not None else ""
+                if finish is not None:
+                    text += detokenizers[row].finish()
+                pieces[row] = (pieces.get(row, ("", None))[0] + text, finish)
+            for row, (text, finish) in pieces.items():
+                yield Piece(row, text, finish, len(detokenizers[row].ids))
+            if finished:
+                if outcome[0] is not None:
+                    raise outcome[0]
+                return
     finally:
         # The caller stopped reading (or something failed): decoding ends within one step.
         stop.set()
