@@ -125,9 +125,12 @@ def test_a_cancelled_stream_frees_its_row_within_a_step(server, client) -> None:
 
 def test_a_passed_deadline_answers_deadline_exceeded_and_frees_the_row(server, client) -> None:
     scheduler = server.running.registry.models["tiny-transformer"].scheduler
+    encoded = scheduler.timings.encoder_calls
     with pytest.raises(SeqcastError) as err:
-        client.translate(["Open the file"] * 4, max_new_tokens=128, decoding=LONG, timeout=0.05)
+        # 64 rows of up to 128 sampled tokens: far more than 0.1 s of decoding.
+        client.translate(["Open the file"] * 64, max_new_tokens=128, decoding=LONG, timeout=0.1)
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert scheduler.timings.encoder_calls > encoded, "the request reached the decode batch"
     wait_for(lambda: scheduler.inflight == 0 and scheduler.rows == 0)
     assert client.translate("Open file", max_new_tokens=4)
 
