@@ -47,7 +47,7 @@ TIME_TO_FIRST_TOKEN = Histogram(
 )
 INTER_TOKEN_LATENCY = Histogram(
     "seqcast_inter_token_latency_seconds",
-    "Time between consecutive tokens (forecast steps) of one row.",
+    "Time between consecutive tokens (forecast steps) of one request.",
     ["model"], buckets=LATENCY_BUCKETS,
 )
 ENCODER_DURATION = Histogram(
