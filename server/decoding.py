@@ -60,8 +60,14 @@ class DecodeBatch:
 
 @dataclass
 class StepTimings:
+    """Encoder and decoder-step counts and times; with `history`, every step's time and rows too
+    (off for a long-running server, where the lists would grow without bound)."""
+
+    history: bool = True
     encoder_s: float = 0.0
     encoder_calls: int = 0
+    steps: int = 0
+    last_step_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
     rows_per_step: list[int] = field(default_factory=list)
 
@@ -131,8 +137,11 @@ def step_output(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> n
         feeds[spec.attention_mask] = mask
     t0 = time.perf_counter()
     out = runtime.step(feeds)
-    timings.step_s.append(time.perf_counter() - t0)
-    timings.rows_per_step.append(len(batch))
+    timings.steps += 1
+    timings.last_step_s = time.perf_counter() - t0
+    if timings.history:
+        timings.step_s.append(timings.last_step_s)
+        timings.rows_per_step.append(len(batch))
     batch.state = {s.input: out[s.output] for s in spec.state}
     batch.past_mask = mask
     batch.positions = batch.positions + 1

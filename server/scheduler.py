@@ -74,7 +74,7 @@ class Scheduler:
         self.name = name
         self.runtime = runtime
         self.limits = limits
-        self.timings = StepTimings()
+        self.timings = StepTimings(history=False)
         self._decoder = Decoder(runtime, self.timings)
         self._queue: deque[Job] = deque()
         self._running: list[Job] = []
@@ -213,13 +213,15 @@ class Scheduler:
             job.joined = now
             metrics.observe_queue(self.name, now - job.admitted)
         self._running.extend(jobs)
+        # Before the first step: the gauges count a request before it produces anything.
+        metrics.set_requests(self.name, len(self._queue), len(self._running))
 
     def _step(self) -> None:
         rows = self._decoder.rows
         produced = {id(s): s.generated for s in self._decoder.active}
         self._decoder.step()
         now = time.monotonic()
-        metrics.observe_decoder_step(self.name, rows, self.timings.step_s[-1])
+        metrics.observe_decoder_step(self.name, rows, self.timings.last_step_s)
         metrics.count_tokens(self.name, output_tokens=len(produced))
         gaps = []
         for job in self._running:
@@ -231,7 +233,6 @@ class Scheduler:
                 gaps.append(now - job.last_output)
             job.last_output = now
         metrics.observe_inter_token(self.name, gaps)
-        del self.timings.step_s[:-1], self.timings.rows_per_step[:-1]  # keep memory flat on a long-running server
 
     def _finish_done(self) -> None:
         for job in [j for j in self._running if all(s.finished for s in j.sequences)]:
