@@ -5,65 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from seqcast.server.decoding import Finish, forecast_decode, greedy_decode
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, StaticSpec, TensorSpec
+from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, TensorSpec
 
-VOCAB, EOS = 10, 2
-
-
-class ScriptedRuntime:
-    """Row r emits script[r] token by token, then end-of-sequence.
-
-    The "KV cache" holds every token each row was fed, so the test can check that state,
-    positions and masks stay with their rows while others leave the batch.
-    """
-
-    def __init__(self, scripts: list[list[int]]) -> None:
-        self.scripts = scripts
-        self.encoder_spec = EncoderSpec(
-            inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", "source_length"]),
-                    TensorSpec(name="encoder_attention_mask", dtype="int64", shape=["batch", "source_length"])],
-            outputs=[TensorSpec(name="row_id", dtype="float32", shape=["batch", 1])],
-        )
-        self.decoder_spec = DecoderSpec(
-            position_ids="position_ids",
-            attention_mask="decoder_attention_mask",
-            state=[StateSpec(input="past", output="present", init="empty", seq_axis=1)],
-            static=[StaticSpec(input="row_id", source="row_id")],
-            inputs=[TensorSpec(name="past", dtype="float32", shape=["batch", "past_length"])],
-            outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 1, VOCAB])],
-        )
-        self.calls: list[int] = []
-
-    def encode(self, source: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        # The source's first token is the row id in these tests.
-        return {"row_id": source[:, :1].astype(np.float32)}
-
-    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = feeds["row_id"][:, 0].astype(int)
-        past = feeds["past"]
-        positions = feeds["position_ids"][:, 0]
-        self.calls.append(len(rows))
-        assert feeds["decoder_attention_mask"].shape == (len(rows), past.shape[1] + 1)
-        assert (positions == past.shape[1]).all()
-        logits = np.zeros((len(rows), 1, VOCAB), dtype=np.float32)
-        for i, row in enumerate(rows):
-            fed = list(past[i].astype(int)) + [int(feeds["input_ids"][i, 0])]
-            script = self.scripts[row]
-            # The cache of this row holds exactly what it was fed: BOS then its own script.
-            assert fed == [1] + script[: len(fed) - 1], (row, fed)
-            nxt = script[len(fed) - 1] if len(fed) - 1 < len(script) else EOS
-            logits[i, 0, nxt] = 1.0
-        present = np.concatenate([past, feeds["input_ids"].astype(np.float32)], axis=1)
-        return {"logits": logits, "present": present}
-
+from scripted_runtime import BOS, EOS, CountingRuntime
 
 def run(scripts, limits, stop_after=None):
-    runtime = ScriptedRuntime(scripts)
+    runtime = CountingRuntime(dict(enumerate(scripts)))
     events: dict[int, list] = {i: [] for i in range(len(scripts))}
     steps = iter(range(10_000))
     timings = greedy_decode(
         runtime,
-        SpecialTokens(pad=0, bos=1, eos=EOS),
+        SpecialTokens(pad=0, bos=BOS, eos=EOS),
         [[i, EOS] for i in range(len(scripts))],
         limits,
         lambda row, token, finish: events[row].append((token, finish)),
@@ -79,8 +31,9 @@ def test_each_row_gets_its_own_tokens_and_leaves_at_end_of_sequence() -> None:
         assert [t for t, _ in events[row]] == script + [None]
         assert [f for _, f in events[row]] == [None] * len(script) + [Finish.EOS]
     # Rows leave the batch as soon as they finish: 3 rows, then 2, then 1.
-    assert runtime.calls == [3, 3, 2, 2, 1, 1, 1]
-    assert timings.rows_per_step == runtime.calls
+    calls = [rows for rows, _ in runtime.steps]
+    assert calls == [3, 3, 2, 2, 1, 1, 1]
+    assert timings.rows_per_step == calls
 
 
 def test_the_token_limit_ends_a_row_with_length() -> None:
