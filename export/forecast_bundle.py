@@ -91,12 +91,10 @@ def check_forecast_parity(
 def _dims(model: nn.Module, cfg: ForecastConfig) -> dict[str, int]:
     if isinstance(model, ArForecaster):
         return {"order": model.order}
-    dims = {"d_model": cfg.d_model, "layers": cfg.layers, "quantiles": len(cfg.quantile_levels)}
+    dims = {"d_model": cfg.d_model, "quantiles": len(cfg.quantile_levels)}
     if isinstance(model, TransformerForecaster):
-        dims.update(n_heads=cfg.n_heads, head_dim=model.head_dim, d_ff=cfg.d_ff)
-    else:
-        dims["layers"] = 1
-    return dims
+        return {**dims, "layers": cfg.layers, "n_heads": cfg.n_heads, "head_dim": model.head_dim, "d_ff": cfg.d_ff}
+    return {**dims, "layers": 1}  # one LSTM layer each side
 
 
 def forecast_spec(model: nn.Module, cfg: ForecastConfig, frequency: str, season_length: int) -> ForecastSpec:
