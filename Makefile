@@ -17,11 +17,13 @@ $(VENV)/.runtime: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# Training, export and test tools on top (torch==2.13.0 CPU), and promtool (Debian's prometheus
-# package), which tests/test_metrics.py runs on the /metrics output.
-$(VENV)/.dev: $(VENV)/.runtime pyproject.toml
+# Training, export and test tools on top (torch==2.13.0 CPU); Debian's prometheus package for
+# promtool and the Prometheus server the metrics and deploy tests run; kubectl and the CRD
+# validators for the deploy tests (scripts/install-deploy-tools.sh).
+$(VENV)/.dev: $(VENV)/.runtime pyproject.toml tests/deploy/crd/package-lock.json
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	bash scripts/install-deploy-tools.sh $(VENV)
 	touch $@
 
 # Serves the bundled models, answers a demo translation through the server, keeps serving.
