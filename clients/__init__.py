@@ -9,11 +9,12 @@ from seqcast.client.client import (
     SeqcastClient,
     SeqcastError,
     SeriesForecast,
+    Tls,
     Translation,
     TranslationChunk,
 )
 
 __all__ = [
-    "BeamSearch", "ForecastInfo", "ForecastResult", "ModelInfo", "Sampling", "SeqcastClient", "SeqcastError", "SeriesForecast", "Translation",
-    "TranslationChunk",
+    "BeamSearch", "ForecastInfo", "ForecastResult", "ModelInfo", "Sampling", "SeqcastClient", "SeqcastError", "SeriesForecast", "Tls",
+    "Translation", "TranslationChunk",
 ]

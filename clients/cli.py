@@ -24,6 +24,7 @@ from seqcast.client.client import (
     SeqcastClient,
     SeqcastError,
     SeriesForecast,
+    Tls,
     TranslationChunk,
 )
 from seqcast.client.loadgen import DEFAULT_TEXTS, LoadSummary, Progress, run_load
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address (default: $SEQCAST_TARGET or %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=None, help="deadline per call, in seconds")
+    tls = parser.add_argument_group("TLS", "plaintext unless one of these is given")
+    tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's root certificates")
+    tls.add_argument("--ca-file", type=Path, metavar="PEM", help="TLS, trusting this CA for the server's certificate")
+    tls.add_argument("--cert-file", type=Path, metavar="PEM", help="client certificate, for mutual TLS (with --key-file)")
+    tls.add_argument("--key-file", type=Path, metavar="PEM", help="the client certificate's private key")
+    tls.add_argument("--server-name", metavar="NAME", help="name to check the server's certificate against")
     sub = parser.add_subparsers(dest="command", required=True)
 
     translate = sub.add_parser("translate", help="translate texts, one output line per text")
@@ -120,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         args.texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         if not args.texts:
             parser.error("no texts on stdin")
+    if (args.cert_file is None) != (args.key_file is None):
+        parser.error("--cert-file and --key-file go together")
+    for flag in ("ca_file", "cert_file", "key_file"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"--{flag.replace('_', '-')} {path}: no such file")
     try:
-        with SeqcastClient(args.target) as client:
+        with SeqcastClient(args.target, tls=_tls(args)) as client:
             return COMMANDS[args.command](client, args)
     except SeqcastError as e:
         if e.code == grpc.StatusCode.UNAVAILABLE:
@@ -374,7 +387,7 @@ def _bench(client: SeqcastClient, args: argparse.Namespace) -> int:
     summary = run_load(
         args.target, args.concurrency, args.duration, model=args.model, max_new_tokens=args.max_new_tokens,
         texts=texts, warmup=args.warmup, max_requests=args.max_requests, timeout=args.timeout,
-        drain_timeout=args.drain, on_progress=None if args.quiet else _print_progress,
+        drain_timeout=args.drain, on_progress=None if args.quiet else _print_progress, tls=_tls(args),
     )
     if args.json:
         print(json.dumps(asdict(summary), indent=2))
@@ -383,6 +396,12 @@ def _bench(client: SeqcastClient, args: argparse.Namespace) -> int:
     if summary.window_s == 0:
         print("error: sending stopped before the warm-up ended; lower --warmup or raise --max-requests", file=sys.stderr)
     return 0 if summary.completed > 0 else 1
+
+
+def _tls(args: argparse.Namespace) -> Tls | None:
+    if not (args.tls or args.ca_file or args.cert_file or args.server_name):
+        return None
+    return Tls(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file, server_name=args.server_name)
 
 
 def _print_progress(p: Progress) -> None:

@@ -4,13 +4,19 @@
 Built on the generated stubs in `seqcast.v1` and a plain `grpc.Channel`. Results come back as
 frozen dataclasses rather than protobuf messages, finish reasons as lowercase strings ("eos",
 "length"), and every failed call raises `SeqcastError` carrying the gRPC status code.
+
+Targets are gRPC names: `host:port`, or `dns:///name:port` for every address a DNS name has
+(a Kubernetes headless Service), calls spread over them round robin. `Tls` turns on TLS, and
+mutual TLS with a client certificate.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -135,8 +141,45 @@ def _finish_reason(value: int) -> str:
 
 
 # Replies to large forecast calls exceed gRPC's default 4 MiB; the server's default limit is 64 MiB.
+# Calls go round robin over every address the target resolves to (one for host:port).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS for the channel, from PEM files.
+
+    `ca_file`: the CA that signed the server's certificate (None: the system's trusted roots).
+    `cert_file` and `key_file`: the client's certificate and key, for servers that require
+    mutual TLS. `server_name`: the name to check the server's certificate against, when it is
+    not the target's host name.
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        read = lambda path: Path(path).read_bytes() if path is not None else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+def open_channel(target: str, tls: Tls | None = None, extra_options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+    """A channel to `target` with seqcast's options (and `extra_options`): plaintext, or TLS with `tls`."""
+    options = [*CHANNEL_OPTIONS, *extra_options]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
 class SeqcastClient:
@@ -144,13 +187,19 @@ class SeqcastClient:
 
     >>> with SeqcastClient("127.0.0.1:50051") as client:
     ...     client.translate(["Good morning."])[0].text
+
+    Every call takes `timeout`, its deadline in seconds; a call past it raises
+    `SeqcastError` with `DEADLINE_EXCEEDED`, and the server stops working on it.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, channel: grpc.Channel | None = None) -> None:
-        """Connects lazily to `target`, or uses `channel` (left open on close) when given."""
+    def __init__(self, target: str = DEFAULT_TARGET, channel: grpc.Channel | None = None, tls: Tls | None = None) -> None:
+        """Connects lazily to `target` (plaintext, or TLS with `tls`), or uses `channel` (left open
+        on close) when given."""
+        if channel is not None and tls is not None:
+            raise ValueError("pass tls or a ready channel, not both")
         self.target = target
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel if channel is not None else open_channel(target, tls)
         self._translation = seqcast_pb2_grpc.TranslationStub(self._channel)
         self._forecasting = seqcast_pb2_grpc.ForecastingStub(self._channel)
         self._models = seqcast_pb2_grpc.ModelsStub(self._channel)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from seqcast.client.client import CHANNEL_OPTIONS, SeqcastClient, SeqcastError
+from seqcast.client.client import SeqcastClient, SeqcastError, Tls, open_channel
 
 # Short UI strings, the kind of text the server translates in practice; used without --texts.
 DEFAULT_TEXTS = (
@@ -213,6 +213,7 @@ def run_load(
     drain_timeout: float = 30.0,
     connect_timeout: float = 10.0,
     on_progress: Callable[[Progress], None] | None = None,
+    tls: Tls | None = None,
 ) -> LoadSummary:
     """Runs `concurrency` streaming clients against `target` for `duration` seconds and summarizes.
 
@@ -221,7 +222,7 @@ def run_load(
     `max_requests` calls in all; requests still in flight `drain_timeout` seconds after that are
     cancelled (recorded as CANCELLED). Requests started in the first `warmup` seconds are left out
     of the statistics. `timeout` is each call's deadline. `on_progress` is called about once a
-    second. Raises SeqcastError(UNAVAILABLE) when a client cannot connect within
+    second. `tls` connects with TLS. Raises SeqcastError(UNAVAILABLE) when a client cannot connect within
     `connect_timeout` seconds, and ValueError for impossible arguments.
     """
     texts = list(DEFAULT_TEXTS if texts is None else texts)
@@ -231,8 +232,7 @@ def run_load(
     dispatcher = _Dispatcher(texts, max_requests, clock)
     records: list[RequestRecord] = []  # appended by the workers; list.append is atomic
     # Own connection per client (see the module docstring).
-    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.insecure_channel(target, options=options) for _ in range(concurrency)]
+    channels = [open_channel(target, tls, [("grpc.use_local_subchannel_pool", 1)]) for _ in range(concurrency)]
     clients = [SeqcastClient(target, channel=ch) for ch in channels]
     pool = futures.ThreadPoolExecutor(concurrency, thread_name_prefix="loadgen")
     try:

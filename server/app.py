@@ -2,7 +2,10 @@
 
 `create_server` is what tests use: it binds (port 0 picks a free port) and returns the started
 server with its port. `serve` is the long-running front end: load bundles, start, log where it
-listens, and on SIGTERM/SIGINT turn health NOT_SERVING and stop after a grace period.
+listens, and on SIGTERM/SIGINT turn health NOT_SERVING and stop after `drain_seconds`.
+
+The API port speaks plaintext, TLS or mutual TLS (settings `tls_*`). An optional second,
+plaintext listener (`health_port`) serves only grpc.health.v1, for probes that can't speak TLS.
 """
 
 from __future__ import annotations
@@ -28,9 +31,6 @@ from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-GRACE_SECONDS = 10.0
-
-
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -38,16 +38,20 @@ class RunningServer:
     registry: ModelRegistry
     health: health.aio.HealthServicer
     metrics: MetricsServer | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def set_health(self, status: int) -> None:
         """Health of the whole server (""), of every model by name, and of every service."""
         for service in ["", *self.registry.models, *_SERVICES]:
             await self.health.set(service, status)
 
-    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+    async def stop(self, grace: float | None) -> None:
         """Health NOT_SERVING, no new calls, running calls finish within `grace`, then models close."""
         await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
         for model in self.registry.models:
             metrics.forget_model(model)
@@ -71,31 +75,54 @@ def runtime_options(settings: ServerSettings) -> RuntimeOptions:
     return RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
 
 
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    limit = settings.max_message_bytes
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    if settings.max_connection_age_seconds > 0:
+        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(settings.drain_seconds * 1000))]
+    return options
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files; None for plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
 async def create_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Loads the bundles (unless a registry is given), binds, starts; returns the running server."""
     registry = registry or ModelRegistry.load(
         settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model,
         scheduler_limits(settings),
     )
-    limit = settings.max_message_bytes
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    )
+    server = grpc.aio.server(options=server_options(settings))
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
     pb_grpc.add_ForecastingServicer_to_server(ForecastingServicer(registry, settings), server)
     pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     await server.start()
+    health_server, health_port = None, None
+    if settings.health_port is not None:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        await health_server.start()
     for name, model in registry.models.items():
         m = model.manifest
         metrics.set_model_info(name, m.version, m.task, m.architecture, model.runtime.provider)
     exporter = None
     if settings.metrics_port is not None:
         exporter = metrics.start_metrics_server(settings.metrics_host, settings.metrics_port)
-    running = RunningServer(server, port, registry, health_servicer, exporter)
+    running = RunningServer(server, port, registry, health_servicer, exporter, health_server, health_port)
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
     return running
 
@@ -108,10 +135,13 @@ async def serve(settings: ServerSettings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     address = f"{settings.host}:{running.port}"
     log.info("serving %s on %s", ", ".join(f"{n} ({m.runtime.provider})" for n, m in running.registry.models.items()) or "no models", address)
-    print(f"seqcast listening on {address}", flush=True)
+    tls = "" if settings.tls_cert_file is None else (" (mutual TLS)" if settings.tls_client_ca_file else " (TLS)")
+    print(f"seqcast listening on {address}{tls}", flush=True)
+    if running.health_port is not None:
+        print(f"  health (plaintext): {settings.host}:{running.health_port}", flush=True)
     if running.metrics is not None:
         print(f"  metrics: http://{settings.metrics_host}:{running.metrics.port}/metrics", flush=True)
     print(f"  try: seqcast-client --target {address} translate \"Save changes\"", flush=True)
     await stopping.wait()
-    log.info("stopping: health NOT_SERVING, finishing in-flight requests (grace %.0fs)", GRACE_SECONDS)
-    await running.stop(GRACE_SECONDS)
+    log.info("stopping: health NOT_SERVING, finishing in-flight requests (up to %gs)", settings.drain_seconds)
+    await running.stop(settings.drain_seconds)

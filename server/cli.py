@@ -30,6 +30,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, help="port of the Prometheus /metrics endpoint, 0 for any free one (default 9464)")
     p.add_argument("--batching", choices=["inflight", "static", "none"], help="scheduling policy (default inflight)")
     p.add_argument("--max-batch-rows", type=int, help="rows decoded together per model (default 256)")
+    p.add_argument("--health-port", type=int, help="also serve grpc.health.v1 in plaintext on this port (for probes)")
+    p.add_argument("--tls-cert-file", type=Path, help="PEM certificate chain: serve TLS (with --tls-key-file)")
+    p.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file")
+    p.add_argument("--tls-client-ca-file", type=Path, help="PEM CA bundle: require client certificates it signed (mutual TLS)")
+    p.add_argument("--drain-seconds", type=float, help="after SIGTERM, how long running calls get to finish (default 10)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:

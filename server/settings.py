@@ -23,6 +23,22 @@ class ServerSettings(BaseSettings):
     # Prometheus metrics (`/metrics`) over HTTP, on its own port; None turns the endpoint off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(9464, ge=0, le=65535)
+    # A second, plaintext gRPC listener (on `host`) serving only grpc.health.v1, for probes that
+    # can't speak TLS (Kubernetes' gRPC probes); None: health is served on `port` only.
+    health_port: int | None = Field(None, ge=0, le=65535)
+
+    # TLS on `port` from PEM files: the server's certificate chain and key; with a client CA,
+    # mutual TLS (clients must present a certificate signed by it). Read once at start-up.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    # After SIGTERM: health turns NOT_SERVING, no new calls are accepted, and running calls get
+    # this long to finish before the process exits.
+    drain_seconds: float = Field(10.0, ge=0)
+    # Connections older than this are closed gracefully (running calls finish), so clients
+    # re-resolve DNS and spread over replicas added since; 0 keeps connections open forever.
+    max_connection_age_seconds: float = Field(0.0, ge=0)
 
     # Bundles: every models/<name>/<version>/ below this directory; the highest version per name.
     model_dir: Path = Path("models")
@@ -66,6 +82,18 @@ class ServerSettings(BaseSettings):
     def _model_dir_exists(self) -> "ServerSettings":
         if not self.model_dir.is_dir():
             raise ValueError(f"model_dir {self.model_dir} is not a directory")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "ServerSettings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a file")
         return self
 
     @classmethod
