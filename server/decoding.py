@@ -160,12 +160,17 @@ def take(batch: DecodeBatch, index: np.ndarray) -> DecodeBatch:
 
 
 def _pad_axis(x: np.ndarray, axis: int, size: int, left: bool) -> np.ndarray:
+    """`x` zero-padded along `axis` to `size`, on the left or the right (np.pad is several times slower)."""
     missing = size - x.shape[axis]
     if missing <= 0:
         return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (missing, 0) if left else (0, missing)
-    return np.pad(x, widths)
+    shape = list(x.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=x.dtype)
+    where = [slice(None)] * x.ndim
+    where[axis] = slice(missing, None) if left else slice(0, x.shape[axis])
+    out[tuple(where)] = x
+    return out
 
 
 def merge(a: DecodeBatch, b: DecodeBatch, spec: DecoderSpec) -> DecodeBatch:

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from seqcast.server import metrics
+from seqcast.server import metrics, wakeups
 from seqcast.server.decoding import Decoder, Runtime, StepTimings
 from seqcast.server.errors import DeadlineExceeded, InvalidArgument, Overloaded
 from seqcast.server.strategies import Sequence as DecodingSequence
@@ -145,16 +145,18 @@ class Scheduler:
                         return
                     self._cond.wait()
                 arrivals = self._take_arrivals()
-            try:
-                self._stop_abandoned(arrivals)
-                if arrivals:
-                    self._join(arrivals)
-                if self._decoder.active:
-                    self._step()
-                self._finish_done()
-            except Exception as e:  # a runtime failure: fail the requests in the batch, keep serving
-                log.exception("decoding failed for model %s", self.name)
-                self._fail_running(e)
+            # The step's tokens and completions reach each event loop as one wake-up.
+            with wakeups.batched():
+                try:
+                    self._stop_abandoned(arrivals)
+                    if arrivals:
+                        self._join(arrivals)
+                    if self._decoder.active:
+                        self._step()
+                    self._finish_done()
+                except Exception as e:  # a runtime failure: fail the requests in the batch, keep serving
+                    log.exception("decoding failed for model %s", self.name)
+                    self._fail_running(e)
             metrics.set_requests(self.name, len(self._queue), len(self._running))
 
     def _work_ready(self) -> bool:
@@ -269,7 +271,7 @@ async def run_job(
         return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
 
     def on_done(error: BaseException | None) -> None:
-        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(error))
+        wakeups.call_soon(loop, lambda: done.done() or done.set_result(error))
 
     scheduler.submit(Job(sequences, sources, pad, first_feed, should_stop, on_done))
     try:

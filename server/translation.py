@@ -17,6 +17,7 @@ from functools import partial
 
 import numpy as np
 
+from seqcast.server import wakeups
 from seqcast.server.errors import InvalidArgument
 from seqcast.server.models import LoadedModel
 from seqcast.server.scheduler import run_job
@@ -144,11 +145,11 @@ async def translate(job: TranslateJob, stop: threading.Event) -> list[Output]:
 
 
 class _TokenMailbox:
-    """Tokens from the decoding thread to the event loop, one wake-up per batch of tokens.
+    """Tokens from the decoding thread to the event loop.
 
-    Waking the event loop costs a system call; with many rows per step, one wake-up per token
-    would spend the server's time on wake-ups. Tokens queue here and the loop drains them all
-    at once, so a busy loop also sends fewer, larger chunks.
+    Tokens queue here and the handler drains them all at once, so a busy loop sends fewer,
+    larger chunks; the mailbox asks for a wake-up only when it was empty, and the scheduler
+    sends the wake-ups of one step together (`seqcast.server.wakeups`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -164,7 +165,7 @@ class _TokenMailbox:
             if self.woken:
                 return
             self.woken = True
-        self.loop.call_soon_threadsafe(self.ready.set)
+        wakeups.call_soon(self.loop, self.ready.set)
 
     def take(self) -> list[tuple[int, int | None, Finish | None]]:
         with self.lock:
