@@ -1,13 +1,15 @@
 """Serving benchmark: in-flight batching against no batching and static batching, and the
 server's overhead over the bare decoding loop, side by side in one run.
 
-Starts `seqcast serve` as a separate process (so the load generator does not share its
-interpreter) on the en-de bundle, once per scheduling policy, and drives it with N concurrent
-streaming clients (`seqcast.client.loadgen`) for T seconds each, on real test-split sentences.
+Starts `seqcast serve` on the en-de bundle once per scheduling policy, each its own process (so
+the load generator does not share its interpreter; idle ones wait), and drives one at a time with
+N concurrent streaming clients (`seqcast.client.loadgen`) for T seconds, on real test-split
+sentences. Each cell runs `--rounds` times, the policies taking turns, and shows medians: the
+machines here are shared, and a neighbour's burst should slow every policy alike.
 Then measures end-to-end latency of single requests through the server against the same
 greedy decoding run directly on ONNX Runtime in this process.
 
-    python bench/serving.py --duration 10 --concurrency 1 4 16 64
+    python bench/serving.py --duration 6 --warmup 1 --rounds 3 --concurrency 1 4 16 64
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -57,25 +60,56 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def load_table(args: argparse.Namespace, texts: list[str]) -> dict[tuple[str, int], LoadSummary]:
-    results = {}
-    print(f"| policy | clients | requests | output tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for policy in POLICIES:
-        proc, target = serve(policy, args.threads)
-        try:
+@dataclass(frozen=True)
+class Cell:
+    """One policy at one concurrency: medians over the rounds."""
+
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    e2e_p50_ms: float
+    e2e_p99_ms: float
+    requests: int
+    errors: int
+
+
+def _median(runs: list[LoadSummary], key: str) -> float:
+    return statistics.median(getattr(r, key) or 0.0 for r in runs)
+
+
+def load_table(args: argparse.Namespace, texts: list[str]) -> dict[tuple[str, int], Cell]:
+    """Every policy at every concurrency, `rounds` times, the policies taking turns within a round
+    (so a noisy neighbour slows all of them alike); medians per cell."""
+    servers = {policy: serve(policy, args.threads) for policy in POLICIES}
+    runs: dict[tuple[str, int], list[LoadSummary]] = {}
+    try:
+        for _, target in servers.values():
             with SeqcastClient(target) as client:
                 client.wait_ready(60)
-            for clients in args.concurrency:
-                s = run_load(target, clients, args.duration, max_new_tokens=args.max_new_tokens, texts=texts,
-                             warmup=args.warmup, drain_timeout=120)
-                results[(policy, clients)] = s
-                print(f"| {policy} | {clients} | {s.completed} | {s.output_tokens_per_s or 0:,.0f} | {_ms(s.ttft_p50_ms)} | "
-                      f"{_ms(s.ttft_p99_ms)} | {_ms(s.e2e_p50_ms)} | {_ms(s.e2e_p99_ms)} | {sum(s.errors.values())} |", flush=True)
-        finally:
+        for clients in args.concurrency:
+            for r in range(args.rounds):
+                order = POLICIES[r % len(POLICIES):] + POLICIES[:r % len(POLICIES)]
+                for policy in order:
+                    s = run_load(servers[policy][1], clients, args.duration, max_new_tokens=args.max_new_tokens,
+                                 texts=texts, warmup=args.warmup, drain_timeout=120)
+                    runs.setdefault((policy, clients), []).append(s)
+                    print(f"  {clients:3d} clients, round {r + 1}, {policy:8s}: {s.output_tokens_per_s or 0:7,.0f} tokens/s",
+                          file=sys.stderr, flush=True)
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=60)
-    return results
+    cells = {key: Cell(_median(v, "output_tokens_per_s"), _median(v, "ttft_p50_ms"), _median(v, "ttft_p99_ms"),
+                       _median(v, "e2e_p50_ms"), _median(v, "e2e_p99_ms"), sum(r.completed for r in v),
+                       sum(sum(r.errors.values()) for r in v)) for key, v in runs.items()}
+    print("| policy | clients | requests | output tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for policy in POLICIES:
+        for clients in args.concurrency:
+            c = cells[(policy, clients)]
+            print(f"| {policy} | {clients} | {c.requests} | {c.tokens_per_s:,.0f} | {c.ttft_p50_ms:.0f} | {c.ttft_p99_ms:.0f} | "
+                  f"{c.e2e_p50_ms:.0f} | {c.e2e_p99_ms:.0f} | {c.errors} |")
+    return cells
 
 
 def overhead(args: argparse.Namespace, texts: list[str]) -> None:
@@ -113,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell (after warm-up)")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per cell; the table shows medians")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of the server")
@@ -122,17 +157,16 @@ def main() -> None:
     # tokens, where per-request costs, not decoding, would dominate every policy alike).
     texts = sorted((p.en for p in read_split(REPO / "data" / "en-de", "test")), key=len, reverse=True)[:300]
     texts = [t for t in texts if len(t) <= 200]
-    print(f"serving benchmark: en-de bundle, greedy, up to {args.max_new_tokens} new tokens, {args.duration:.0f} s per cell "
-          f"after {args.warmup:.0f} s warm-up")
+    print(f"serving benchmark: en-de bundle, greedy, up to {args.max_new_tokens} new tokens, {args.duration:.0f} s per run "
+          f"after {args.warmup:.0f} s warm-up, median of {args.rounds} runs per cell")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__}; "
           f"server: {args.threads} intra-op thread(s)\n")
     results = load_table(args, texts)
     for clients in args.concurrency:
         inflight, none, static = (results[(p, clients)] for p in ("inflight", "none", "static"))
-        if inflight.output_tokens_per_s and none.output_tokens_per_s:
-            print(f"\n{clients} clients: in-flight / no batching throughput {inflight.output_tokens_per_s / none.output_tokens_per_s:.2f}x"
-                  + (f"; TTFT p99 in-flight {inflight.ttft_p99_ms:.0f} ms vs static {static.ttft_p99_ms:.0f} ms"
-                     if inflight.ttft_p99_ms and static.ttft_p99_ms else ""))
+        if inflight.tokens_per_s and none.tokens_per_s:
+            print(f"\n{clients} clients: in-flight / no batching throughput {inflight.tokens_per_s / none.tokens_per_s:.2f}x; "
+                  f"TTFT p99 in-flight {inflight.ttft_p99_ms:.0f} ms vs static {static.ttft_p99_ms:.0f} ms")
     overhead(args, texts[::40][:8])
 
 

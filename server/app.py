@@ -68,6 +68,7 @@ def scheduler_limits(settings: ServerSettings) -> SchedulerLimits:
         max_batch_rows=settings.max_batch_rows,
         max_state_bytes=settings.max_state_mb * 1024 * 1024,
         batching=settings.batching,
+        join_wait_s=settings.join_wait_ms / 1000,
     )
 
 

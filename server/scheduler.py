@@ -8,7 +8,8 @@ cancellation, and runs one decoder step for all rows. A request joins at the nex
 rows leave the step they finish, so a short request never waits for a long one.
 
 `batching` picks the policy, for comparison in benchmarks:
-  * "inflight": requests join the running batch at every step (the default);
+  * "inflight": requests join the running batch at any step (the default); with five or more
+    requests running, arrivals gather for up to `join_wait_s` so that several join together;
   * "static": requests join only when the batch is empty, then run to completion together;
   * "none": one request at a time.
 """
@@ -44,6 +45,10 @@ class SchedulerLimits:
     # Decoder state (caches, encoder outputs) above which no new request joins until rows leave.
     max_state_bytes: int = 512 * 1024 * 1024
     batching: Batching = "inflight"
+    # In-flight batching: while a batch decodes, arrivals join once they number a quarter of the
+    # running requests or the first of them has waited this long, so that several share one
+    # encoder call and one merge of the caches (each merge copies the whole batch's state).
+    join_wait_s: float = 0.0
 
 
 @dataclass
@@ -169,6 +174,9 @@ class Scheduler:
         policy = self.limits.batching
         if policy != "inflight" and self._running:
             return []
+        if (self._running and 4 * len(self._queue) < len(self._running)
+                and time.monotonic() - self._queue[0].admitted < self.limits.join_wait_s):
+            return []  # a few more arrivals will share the encoder call and the merge
         rows, taken = self._decoder.rows, []
         state = self._state_bytes()
         while self._queue:

@@ -67,6 +67,10 @@ class ServerSettings(BaseSettings):
     # state (caches, encoder outputs) above which new requests wait for rows to leave.
     max_batch_rows: int = Field(256, ge=1)
     max_state_mb: int = Field(512, ge=1)
+    # In-flight batching: with five or more requests decoding, arrivals join once they number a
+    # quarter of them or the first has waited this long: one encoder call and one cache merge for
+    # several. 0 joins every arrival at the next step.
+    join_wait_ms: float = Field(15.0, ge=0, le=1000)
     # Largest request or reply message. gRPC's default of 4 MiB holds about 500 series of 1,000
     # values; 1,024 series of a week of half-hourly values need more.
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=4 * 1024 * 1024)

@@ -61,7 +61,7 @@ SCRIPTS = {10: list(range(20, 45)), 11: [5, 6], 12: [7, 8, 9, 13]}
 def make_scheduler():
     made: list[Scheduler] = []
 
-    def make(batching: str = "inflight", **limits: int) -> tuple[Scheduler, CountingRuntime]:
+    def make(batching: str = "inflight", **limits: float) -> tuple[Scheduler, CountingRuntime]:
         runtime = CountingRuntime(SCRIPTS, step_delay=0.002)
         scheduler = Scheduler("scripted", runtime, SchedulerLimits(batching=batching, **limits))
         made.append(scheduler)
@@ -150,3 +150,29 @@ def test_the_queue_bound_refuses_at_once(make_scheduler) -> None:
         submit(scheduler, 12, Recorder("refused", events))
     scheduler.release()
     assert waiting.done.wait(10) and waiting.tokens == SCRIPTS[11]
+
+
+def test_with_many_requests_decoding_arrivals_gather_and_join_together(make_scheduler) -> None:
+    # A wait far longer than the test: only the count rule (a quarter of the running requests) lets them in.
+    scheduler, runtime = make_scheduler(join_wait_s=60.0)
+    events: list[tuple[str, object]] = []
+    running = [Recorder(f"running{i}", events) for i in range(8)]
+    scheduler.hold()
+    for recorder in running:
+        submit(scheduler, 10, recorder)
+    scheduler.release()
+    wait_for(lambda: len(running[0].tokens) >= 3)
+    first, second = Recorder("first", events), Recorder("second", events)
+    submit(scheduler, 11, first)
+    steps = len(runtime.steps)
+    wait_for(lambda: len(runtime.steps) >= steps + 3)
+    assert first.tokens == [], "one arrival joined 8 running requests without waiting for company"
+    submit(scheduler, 12, second)  # two waiting: a quarter of eight
+    assert first.done.wait(10) and second.done.wait(10)
+    assert (first.tokens, second.tokens) == (SCRIPTS[11], SCRIPTS[12])
+    # They joined at the same step, and long before the running requests finished.
+    joined = [rows for rows, _ in runtime.steps if rows == 10]
+    assert joined, "the two arrivals never decoded in one step with the eight running requests"
+    for recorder in running:
+        assert recorder.done.wait(10) and recorder.tokens == SCRIPTS[10]
+    assert events.index(("first", Finish.EOS)) < events.index(("running0", Finish.EOS))
