@@ -10,7 +10,10 @@ different positions share one step: that is in-flight batching, and the schedule
 
 Any object with the graph specs, `encode(source, mask)` and `step(feeds)` can drive it: the
 server's `OnnxModel`, PyTorch behind the same interface at export, or a scripted runtime in unit
-tests.
+tests. A runtime that keeps decoder state on its device between steps (`OnnxModel` on CUDA)
+also has `place(array)`, and its `step` returns state outputs as device tensors (OrtValues): a
+step whose rows stay the same feeds them straight back, and state visits the host only when
+rows join or leave.
 """
 
 from __future__ import annotations
@@ -37,7 +40,22 @@ class Runtime(Protocol):
 
     def encode(self, source: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]: ...
 
-    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def step(self, feeds: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def host(x: Any) -> np.ndarray:
+    """A state tensor as a numpy array: itself, or a device tensor (OrtValue) copied to the host."""
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(int64)": 8, "tensor(int32)": 4}
+
+
+def nbytes(x: Any) -> int:
+    """Bytes a state tensor holds, on the host or on a device."""
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    return int(np.prod(x.shape())) * _ITEMSIZE[x.data_type()]
 
 
 @dataclass
@@ -45,9 +63,10 @@ class DecodeBatch:
     """Decoder state of the rows decoded together; index i of every tensor is row i."""
 
     # Decoder inputs fixed for each row (encoder outputs, source mask), by input name.
-    static: dict[str, np.ndarray]
+    static: dict[str, Any]
     # Decoder inputs fed back from outputs each step (KV cache or RNN state), by input name.
-    state: dict[str, np.ndarray]
+    # Both hold numpy arrays, or device tensors where the runtime keeps state on its device.
+    state: dict[str, Any]
     # (B, P): 1 where the self-attention cache holds a real step of the row.
     past_mask: np.ndarray
     # (B,) the next step's position, and the value fed at the next step (token id or value).
@@ -151,8 +170,8 @@ def step_output(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> n
 def take(batch: DecodeBatch, index: np.ndarray) -> DecodeBatch:
     """The rows `index` of the batch, in that order; a row may appear more than once (beams)."""
     return DecodeBatch(
-        static={k: v[index] for k, v in batch.static.items()},
-        state={k: v[index] for k, v in batch.state.items()},
+        static={k: host(v)[index] for k, v in batch.static.items()},
+        state={k: host(v)[index] for k, v in batch.state.items()},
         past_mask=batch.past_mask[index],
         positions=batch.positions[index],
         feed=batch.feed[index],
@@ -182,7 +201,7 @@ def merge(a: DecodeBatch, b: DecodeBatch, spec: DecoderSpec) -> DecodeBatch:
     """
     static = {}
     for s in spec.static:
-        x, y = a.static[s.input], b.static[s.input]
+        x, y = host(a.static[s.input]), host(b.static[s.input])
         if s.seq_axis is not None:
             size = max(x.shape[s.seq_axis], y.shape[s.seq_axis])
             x, y = _pad_axis(x, s.seq_axis, size, left=False), _pad_axis(y, s.seq_axis, size, left=False)
@@ -190,7 +209,7 @@ def merge(a: DecodeBatch, b: DecodeBatch, spec: DecoderSpec) -> DecodeBatch:
     past = max(a.past_mask.shape[1], b.past_mask.shape[1])
     state = {}
     for s in spec.state:
-        x, y = a.state[s.input], b.state[s.input]
+        x, y = host(a.state[s.input]), host(b.state[s.input])
         if s.seq_axis is not None:
             x, y = _pad_axis(x, s.seq_axis, past, left=True), _pad_axis(y, s.seq_axis, past, left=True)
         state[s.input] = np.concatenate([x, y])
@@ -212,7 +231,7 @@ def trim(batch: DecodeBatch, spec: DecoderSpec) -> None:
     batch.past_mask = batch.past_mask[:, cut:]
     for s in spec.state:
         if s.seq_axis is not None:
-            batch.state[s.input] = np.take(batch.state[s.input], np.arange(cut, used.size), axis=s.seq_axis)
+            batch.state[s.input] = np.take(host(batch.state[s.input]), np.arange(cut, used.size), axis=s.seq_axis)
 
 
 class Decoder:
@@ -242,6 +261,7 @@ class Decoder:
         if any(w != 1 for w in widths):
             new = take(new, np.repeat(np.arange(len(sequences)), widths))
         self.batch = new if self.batch is None else merge(self.batch, new, self.runtime.decoder_spec)
+        self._place(self.batch)
         self.active.extend(sequences)
 
     def step(self) -> None:
@@ -286,7 +306,15 @@ class Decoder:
         if feeds is not None:
             kept.feed = np.concatenate(feeds).astype(self.batch.feed.dtype)
         trim(kept, self.runtime.decoder_spec)
+        self._place(kept)
         self.batch = kept
+
+    def _place(self, batch: DecodeBatch) -> None:
+        """Moves host tensors of the batch to the runtime's device, where it keeps state."""
+        place = getattr(self.runtime, "place", None)
+        if place is not None:
+            batch.static = {k: place(v) for k, v in batch.static.items()}
+            batch.state = {k: place(v) for k, v in batch.state.items()}
 
 
 def _run(decoder: Decoder, should_stop: Callable[[], bool]) -> None:

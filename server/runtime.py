@@ -3,6 +3,12 @@
 The CUDA execution provider is used where it loads; otherwise CPU. The provider actually in use
 is read back from the session (ONNX Runtime silently falls back when CUDA fails to load) and
 reported to the caller, which logs and lists it.
+
+On CUDA the decoder's state stays on the GPU between steps: encoder outputs are placed there
+once when rows join, and each step's KV cache outputs are bound to GPU memory (IO binding) and
+fed straight back as the next step's inputs. Only the step's last output (logits or forecast
+values) and the small inputs (the fed token, positions, mask) cross to and from the host. On CPU
+`run` takes and returns numpy arrays, which already live where the computation happens.
 """
 
 from __future__ import annotations
@@ -108,6 +114,12 @@ class OnnxModel:
         self.provider = self.decoder.get_providers()[0]
         self._encoder_outputs = [t.name for t in encoder.outputs]
         self._decoder_outputs = [t.name for t in decoder.outputs]
+        # Outputs read on the host every step; the rest (state) stay where they are computed.
+        state_outputs = {s.output for s in decoder.state}
+        self._host_outputs = {name for name in self._decoder_outputs if name not in state_outputs}
+        # Where decoder state lives between steps: the GPU with the CUDA provider; None keeps
+        # numpy arrays on the host. ("cpu" runs the device path in host memory, for tests.)
+        self.state_device: str | None = "cuda" if self.provider == "CUDAExecutionProvider" else None
 
     @classmethod
     def from_manifest(cls, bundle_dir: Path, manifest: Manifest, options: RuntimeOptions) -> "OnnxModel":
@@ -118,6 +130,31 @@ class OnnxModel:
         feeds = {self.encoder_spec.source: source, self.encoder_spec.attention_mask: attention_mask}
         return dict(zip(self._encoder_outputs, self.encoder.run(self._encoder_outputs, feeds)))
 
-    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One decoder call: every decoder input by name -> every decoder output by name."""
-        return dict(zip(self._decoder_outputs, self.decoder.run(self._decoder_outputs, feeds)))
+    def place(self, value: np.ndarray | ort.OrtValue) -> np.ndarray | ort.OrtValue:
+        """A decoder input moved to where state lives between steps (unchanged when it is there)."""
+        if self.state_device is None or not isinstance(value, np.ndarray):
+            return value
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.state_device, 0)
+
+    def step(self, feeds: dict[str, np.ndarray | ort.OrtValue]) -> dict[str, np.ndarray | ort.OrtValue]:
+        """One decoder call: every decoder input by name -> every decoder output by name.
+
+        With `state_device` set, state outputs come back as OrtValues on that device, ready to
+        be fed to the next step; the other outputs are numpy arrays.
+        """
+        if self.state_device is None:
+            return dict(zip(self._decoder_outputs, self.decoder.run(self._decoder_outputs, feeds)))
+        binding = self.decoder.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self._decoder_outputs:
+            if name in self._host_outputs:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, self.state_device, 0)
+        self.decoder.run_with_iobinding(binding)
+        return {name: value.numpy() if name in self._host_outputs else value
+                for name, value in zip(self._decoder_outputs, binding.get_outputs())}

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from seqcast.server import metrics, wakeups
-from seqcast.server.decoding import Decoder, Runtime, StepTimings
+from seqcast.server.decoding import Decoder, Runtime, StepTimings, nbytes
 from seqcast.server.errors import DeadlineExceeded, InvalidArgument, Overloaded
 from seqcast.server.strategies import Sequence as DecodingSequence
 
@@ -196,7 +196,7 @@ class Scheduler:
         batch = self._decoder.batch
         if batch is None:
             return 0
-        return sum(v.nbytes for v in batch.state.values()) + sum(v.nbytes for v in batch.static.values())
+        return sum(nbytes(v) for v in [*batch.state.values(), *batch.static.values()])
 
     def _stop_abandoned(self, arrivals: list[Job]) -> None:
         """Ends requests whose caller gave up: queued ones before they join, running ones now."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
-from seqcast.server.decoding import greedy_tokens
+from seqcast.server.decoding import Decoder, greedy_tokens
 from seqcast.server.manifest import Manifest
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.server.strategies import GreedySequence
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,3 +28,17 @@ def test_cuda_sessions_decode_the_same_tokens_as_cpu(model_dir: Path) -> None:
     sources = [[5 + i, 17, 33 + i, 2] for i in range(8)]
     special = manifest.special_tokens
     assert greedy_tokens(gpu, special, sources, 32) == greedy_tokens(cpu, special, sources, 32)
+
+
+def test_cuda_decoder_state_stays_on_the_gpu_between_steps(model_dir: Path) -> None:
+    bundle = model_dir / "tiny-transformer" / "1"
+    manifest = Manifest.read(bundle)
+    gpu = OnnxModel.from_manifest(bundle, manifest, RuntimeOptions(device="cuda"))
+    assert gpu.state_device == "cuda"
+    special = manifest.special_tokens
+    decoder = Decoder(gpu)
+    sequences = [GreedySequence(special.eos, 16, lambda token, finish: None) for _ in range(4)]
+    decoder.join(sequences, [[5 + i, 17, 2] for i in range(4)], special.pad, np.full(4, special.bos, dtype=np.int64))
+    decoder.step()
+    for value in [*decoder.batch.state.values(), *decoder.batch.static.values()]:
+        assert isinstance(value, ort.OrtValue) and value.device_name().lower() == "cuda"
