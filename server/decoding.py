@@ -222,16 +222,18 @@ def merge(a: DecodeBatch, b: DecodeBatch, spec: DecoderSpec) -> DecodeBatch:
     )
 
 
-def trim(batch: DecodeBatch, spec: DecoderSpec) -> None:
-    """Drops cache slots that no row uses any more (left by rows that have left the batch)."""
+def trim(batch: DecodeBatch, spec: DecoderSpec) -> bool:
+    """Drops cache slots that no row uses any more (left by rows that have left the batch);
+    says whether there were any."""
     used = batch.past_mask.any(axis=0)
     if not used.size or used[0]:
-        return
+        return False
     cut = int(used.argmax()) if used.any() else used.size
     batch.past_mask = batch.past_mask[:, cut:]
     for s in spec.state:
         if s.seq_axis is not None:
             batch.state[s.input] = np.take(host(batch.state[s.input]), np.arange(cut, used.size), axis=s.seq_axis)
+    return True
 
 
 class Decoder:
@@ -305,8 +307,9 @@ class Decoder:
         kept = self.batch if unchanged else take(self.batch, index)
         if feeds is not None:
             kept.feed = np.concatenate(feeds).astype(self.batch.feed.dtype)
-        trim(kept, self.runtime.decoder_spec)
-        self._place(kept)
+        trimmed = trim(kept, self.runtime.decoder_spec)
+        if trimmed or not unchanged:  # take and trim leave host arrays
+            self._place(kept)
         self.batch = kept
 
     def _place(self, batch: DecodeBatch) -> None:
