@@ -127,14 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         args.texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         if not args.texts:
             parser.error("no texts on stdin")
-    if (args.cert_file is None) != (args.key_file is None):
-        parser.error("--cert-file and --key-file go together")
-    for flag in ("ca_file", "cert_file", "key_file"):
-        path = getattr(args, flag)
-        if path is not None and not path.is_file():
-            parser.error(f"--{flag.replace('_', '-')} {path}: no such file")
     try:
-        with SeqcastClient(args.target, tls=_tls(args)) as client:
+        tls = _tls(args)
+    except ValueError as e:  # a missing file, or a certificate without its key
+        parser.error(f"TLS: {e}")
+    try:
+        with SeqcastClient(args.target, tls=tls) as client:
             return COMMANDS[args.command](client, args)
     except SeqcastError as e:
         if e.code == grpc.StatusCode.UNAVAILABLE:
@@ -387,7 +385,7 @@ def _bench(client: SeqcastClient, args: argparse.Namespace) -> int:
     summary = run_load(
         args.target, args.concurrency, args.duration, model=args.model, max_new_tokens=args.max_new_tokens,
         texts=texts, warmup=args.warmup, max_requests=args.max_requests, timeout=args.timeout,
-        drain_timeout=args.drain, on_progress=None if args.quiet else _print_progress, tls=_tls(args),
+        drain_timeout=args.drain, on_progress=None if args.quiet else _print_progress, tls=client.tls,
     )
     if args.json:
         print(json.dumps(asdict(summary), indent=2))

@@ -165,10 +165,18 @@ class Tls:
     key_file: Path | None = None
     server_name: str | None = None
 
-    def credentials(self) -> grpc.ChannelCredentials:
+    def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both cert_file and key_file")
-        read = lambda path: Path(path).read_bytes() if path is not None else None  # noqa: E731
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} is not a file")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path is not None else None
+
         return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
 
 
@@ -198,6 +206,7 @@ class SeqcastClient:
         if channel is not None and tls is not None:
             raise ValueError("pass tls or a ready channel, not both")
         self.target = target
+        self.tls = tls
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else open_channel(target, tls)
         self._translation = seqcast_pb2_grpc.TranslationStub(self._channel)

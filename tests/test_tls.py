@@ -107,6 +107,17 @@ def test_client_cli_speaks_mtls(mtls_server: ServerThread, pki: dict, capsys: py
     assert "UNAVAILABLE" in capsys.readouterr().err
 
 
+def test_client_refuses_incomplete_tls_arguments(pki: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    client: Pem = pki["client"]
+    for flags, message in ((["--cert-file", str(client.cert)], "needs both cert_file and key_file"),
+                           (["--ca-file", str(tmp_path / "missing.crt")], "is not a file")):
+        with pytest.raises(SystemExit) as exit_:
+            client_cli(["--target", "127.0.0.1:1", *flags, "health"])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is not a file"):
+        Tls(ca_file=tmp_path / "missing.crt")
+
+
 def test_tls_settings_must_be_complete(pki: dict, tmp_path: Path) -> None:
     server: Pem = pki["server"]
     with pytest.raises(ValidationError, match="set both or neither"):
