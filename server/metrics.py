@@ -141,6 +141,16 @@ def set_requests(model: str, queued: int, inflight: int) -> None:
     INFLIGHT_REQUESTS.labels(model).set(inflight)
 
 
+_SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
+
+
+def series_names() -> set[str]:
+    """The series names `/metrics` carries and queries select: a histogram's _bucket, _sum and
+    _count, a counter's _total, a gauge's own name."""
+    return {family.name + suffix for metric, _ in _ALL for family in metric.describe()
+            for suffix in _SERIES_SUFFIXES[family.type]}
+
+
 def set_model_info(model: str, version: str, task: str, architecture: str, provider: str) -> None:
     """Marks `model` loaded; replaces its previous info series (a reload may change any label)."""
     _remove(MODEL_INFO, ("model", "version", "task", "architecture", "execution_provider"), model)

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from seqcast.server.metrics import series_names
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "kubernetes" / "base"
 UNIT_TESTS = REPO / "deploy" / "prometheus" / "alerts-test.yaml"
@@ -100,13 +102,7 @@ def test_every_alert_has_severity_for_and_annotations(rules: dict[str, Any]) -> 
 
 
 def test_alerts_read_seqcast_series_of_job_seqcast_that_the_server_defines(rules: dict[str, Any]) -> None:
-    from prometheus_client import REGISTRY
-
-    import seqcast.server.metrics  # noqa: F401  (registers the metrics)
-
-    families = {family.name for family in REGISTRY.collect() if family.name.startswith("seqcast_")}
-    # Queries name series: a histogram's _bucket, _count and _sum, a counter's _total.
-    defined = families | {f"{name}{suffix}" for name in families for suffix in ("_bucket", "_count", "_sum", "_total")}
+    defined = series_names()
     for rule in alerts(rules):
         for name, matchers in re.findall(r"\b(seqcast_[a-z_]+)(\{[^}]*\})?", rule["expr"]):
             assert name in defined, f"{rule['alert']}: {name} is not a metric of seqcast.server.metrics"

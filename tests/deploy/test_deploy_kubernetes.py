@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 import yaml
 
+from seqcast.server.metrics import series_names
+
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE = REPO / "deploy" / "kubernetes"
 OVERLAYS = ["cpu", "gpu"]
@@ -252,15 +254,6 @@ def test_servicemonitor_scrapes_the_metrics_port_of_service_seqcast_only(overlay
     assert port["targetPort"] == "metrics" and endpoint["path"] == "/metrics"
 
 
-def registered_metric_names() -> set[str]:
-    """Metric families defined by seqcast.server.metrics in prometheus_client's default registry."""
-    from prometheus_client import REGISTRY
-
-    import seqcast.server.metrics  # noqa: F401  (registers the metrics)
-
-    return {family.name for family in REGISTRY.collect() if family.name.startswith("seqcast_")}
-
-
 def adapter_series(metric: str) -> str:
     """The server metric behind custom metric `metric` of the prometheus-adapter rules."""
     rules = yaml.safe_load(ADAPTER_RULES.read_text())["rules"]
@@ -280,7 +273,7 @@ def test_the_hpa_metric_comes_through_the_adapter_rule_from_a_server_metric(over
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
     series = adapter_series(metric["pods"]["metric"]["name"])
-    assert series in registered_metric_names()
+    assert series in series_names()
 
 
 def test_the_metrics_endpoint_exports_the_autoscaler_series() -> None:

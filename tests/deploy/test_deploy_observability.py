@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from prometheus_client import REGISTRY
-from prometheus_client.metrics import MetricWrapperBase
 
 import seqcast.server.metrics
 from seqcast.client import SeqcastClient, SeqcastError
@@ -83,14 +82,6 @@ def as_promql(expr: str) -> str:
     return expr
 
 
-def exported_names() -> set[str]:
-    """The series names the server's metrics module exports (a histogram's _bucket, _sum, _count)."""
-    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
-    return {family.name + suffix
-            for metric in vars(seqcast.server.metrics).values() if isinstance(metric, MetricWrapperBase)
-            for family in metric.describe() for suffix in suffixes[family.type]}
-
-
 def test_every_panel_has_a_title_the_datasource_variable_and_a_query() -> None:
     board = dashboard()
     assert board["schemaVersion"] >= 36
@@ -125,7 +116,7 @@ def test_every_metric_the_dashboard_names_is_one_the_server_exports() -> None:
     text = DASHBOARD.read_text()
     named = set(re.findall(r"\bseqcast_[a-z_]+", text))
     assert named, "the dashboard names no seqcast metric"
-    assert named <= exported_names(), f"not exported by server/metrics.py: {sorted(named - exported_names())}"
+    assert named <= seqcast.server.metrics.series_names(), f"not exported by server/metrics.py: {sorted(named - seqcast.server.metrics.series_names())}"
 
 
 def test_kustomize_renders_the_dashboard_as_a_configmap_for_the_grafana_sidecar() -> None:
