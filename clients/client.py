@@ -246,13 +246,15 @@ class SeqcastClient:
         max_new_tokens: int | None = None,
         timeout: float | None = None,
         decoding: BeamSearch | Sampling | None = None,
+        min_new_tokens: int | None = None,
     ) -> list[Translation]:
         """Translates `texts` (one string or several) and returns one result per text, in order.
 
         `model` empty means the server's default; `max_new_tokens` None means the model's maximum;
-        `timeout` is the call's deadline in seconds; `decoding` None means greedy.
+        `timeout` is the call's deadline in seconds; `decoding` None means greedy;
+        `min_new_tokens` holds back end-of-sequence until that many tokens were generated.
         """
-        request = _request(texts, model, max_new_tokens, decoding)
+        request = _request(texts, model, max_new_tokens, decoding, min_new_tokens)
         try:
             response = self._translation.Translate(request, timeout=timeout)
         except grpc.RpcError as e:
@@ -269,6 +271,7 @@ class SeqcastClient:
         max_new_tokens: int | None = None,
         timeout: float | None = None,
         decoding: BeamSearch | Sampling | None = None,
+        min_new_tokens: int | None = None,
     ) -> Iterator[TranslationChunk]:
         """Like `translate`, but yields pieces as they are decoded.
 
@@ -276,7 +279,8 @@ class SeqcastClient:
         Closing the iterator early cancels the call. With beam search a text's tokens arrive
         together when its search ends.
         """
-        call = self._translation.TranslateStream(_request(texts, model, max_new_tokens, decoding), timeout=timeout)
+        request = _request(texts, model, max_new_tokens, decoding, min_new_tokens)
+        call = self._translation.TranslateStream(request, timeout=timeout)
         return _chunks(call)
 
     def forecast(
@@ -335,11 +339,17 @@ class SeqcastClient:
 
 
 def _request(
-    texts: str | Sequence[str], model: str, max_new_tokens: int | None, decoding: BeamSearch | Sampling | None = None
+    texts: str | Sequence[str],
+    model: str,
+    max_new_tokens: int | None,
+    decoding: BeamSearch | Sampling | None = None,
+    min_new_tokens: int | None = None,
 ) -> seqcast_pb2.TranslateRequest:
     texts = [texts] if isinstance(texts, str) else list(texts)
-    # Leave the optional field unset for None: the server then uses the model's maximum.
-    request = seqcast_pb2.TranslateRequest(model=model, texts=texts, max_new_tokens=max_new_tokens)
+    # Leave optional fields unset for None: the server then uses its defaults.
+    request = seqcast_pb2.TranslateRequest(
+        model=model, texts=texts, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+    )
     if isinstance(decoding, BeamSearch):
         request.decoding.beam_search.CopyFrom(
             seqcast_pb2.BeamSearch(beam_size=decoding.beam_size, length_penalty=decoding.length_penalty)

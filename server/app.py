@@ -62,16 +62,6 @@ class RunningServer:
 _SERVICES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Forecasting", "Models")]
 
 
-def scheduler_limits(settings: ServerSettings) -> SchedulerLimits:
-    return SchedulerLimits(
-        max_queued_requests=settings.max_queued_requests,
-        max_batch_rows=settings.max_batch_rows,
-        max_state_bytes=settings.max_state_mb * 1024 * 1024,
-        batching=settings.batching,
-        join_wait_s=settings.join_wait_ms / 1000,
-    )
-
-
 def runtime_options(settings: ServerSettings) -> RuntimeOptions:
     return RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
 
@@ -98,7 +88,7 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     """Loads the bundles (unless a registry is given), binds, starts; returns the running server."""
     registry = registry or ModelRegistry.load(
         settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model,
-        scheduler_limits(settings),
+        SchedulerLimits.from_settings(settings),
     )
     server = grpc.aio.server(options=server_options(settings))
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)

@@ -257,30 +257,38 @@ class Decoder:
     def join(
         self, sequences: Sequence[DecodingSequence], sources: Sequence[Sequence[int] | np.ndarray], pad: float, first_feed: np.ndarray
     ) -> None:
-        """Encodes the sources of `sequences` (one each) and adds their rows to the batch."""
+        """Encodes the sources of `sequences` (one each) and adds their rows to the batch.
+
+        All or nothing: if encoding or merging raises, the running batch is left as it was.
+        """
         new = start_batch(self.runtime, sources, pad, first_feed, self.timings)
         widths = [s.width for s in sequences]
         if any(w != 1 for w in widths):
             new = take(new, np.repeat(np.arange(len(sequences)), widths))
-        self.batch = new if self.batch is None else merge(self.batch, new, self.runtime.decoder_spec)
-        self._place(self.batch)
+        merged = new if self.batch is None else merge(self.batch, new, self.runtime.decoder_spec)
+        self._place(merged)
+        self.batch = merged
         self.active.extend(sequences)
 
     def step(self) -> None:
         """One decoder step for every row; each sequence chooses, emits and keeps or drops its rows."""
         assert self.batch is not None
         out = step_output(self.runtime, self.batch, self.timings)
+        # Every row's most likely item in one call (greedy sequences read theirs from it): the
+        # per-row work left in Python is a few list operations.
+        best = out.argmax(axis=1)
         index: list[int] = []
-        feeds: list[np.ndarray] = []
+        feeds: list[int | float] = []
         offset = 0
         for seq in self.active:
             width = seq.width
-            parents, feed = seq.advance(out[offset : offset + width])
-            index.extend(offset + p for p in parents)
-            feeds.append(feed)
+            parents, feed = seq.advance(out[offset : offset + width], best[offset : offset + width])
+            if parents:
+                index.extend([offset + p for p in parents])
+                feeds.extend(feed)
             offset += width
         self.active = [s for s in self.active if not s.finished]
-        self._keep(np.asarray(index, dtype=np.int64), feeds)
+        self._keep(index, feeds)
 
     def stop(self, sequences: Sequence[DecodingSequence]) -> None:
         """Ends `sequences` now (Finish.STOPPED) and frees their rows."""
@@ -295,18 +303,19 @@ class Decoder:
                 seq.stop()
         self.active = [s for s in self.active if id(s) not in ending]
         if self.batch is not None:
-            self._keep(np.asarray(index, dtype=np.int64), None)
+            self._keep(index, None)
 
-    def _keep(self, index: np.ndarray, feeds: list[np.ndarray] | None) -> None:
+    def _keep(self, index: list[int], feeds: list[int | float] | None) -> None:
+        """Keeps rows `index` (in that order) with their next inputs `feeds` (None: unchanged)."""
         assert self.batch is not None
-        if not len(index):
+        if not index:
             self.batch = None
             return
         # Every row goes on in place (the common step): keep the arrays, no copy.
-        unchanged = len(index) == len(self.batch) and bool((index == np.arange(len(index))).all())
-        kept = self.batch if unchanged else take(self.batch, index)
+        unchanged = len(index) == len(self.batch) and index == list(range(len(index)))
+        kept = self.batch if unchanged else take(self.batch, np.asarray(index, dtype=np.int64))
         if feeds is not None:
-            kept.feed = np.concatenate(feeds).astype(self.batch.feed.dtype)
+            kept.feed = np.array(feeds, dtype=self.batch.feed.dtype)
         trimmed = trim(kept, self.runtime.decoder_spec)
         if trimmed or not unchanged:  # take and trim leave host arrays
             self._place(kept)
@@ -320,17 +329,19 @@ class Decoder:
             batch.state = {k: place(v) for k, v in batch.state.items()}
 
 
-def _run(decoder: Decoder, should_stop: Callable[[], bool]) -> None:
-    """Steps until every sequence ended; `should_stop` (checked before every step) ends them all."""
+def _run(decoder: Decoder) -> None:
+    """Steps until every sequence ended."""
     while decoder.active:
-        if should_stop():
-            decoder.stop(list(decoder.active))
-            break
         decoder.step()
 
 
 # Called for every decoded step of a row: (row, item, finish); see `strategies.Emit`.
 RowEmit = Callable[[int, Any, Finish | None], None]
+
+
+def _bind(sequences: Sequence[DecodingSequence], emit: RowEmit) -> None:
+    for i, seq in enumerate(sequences):
+        seq.emit = partial(emit, i)
 
 
 def greedy_decode(
@@ -339,13 +350,15 @@ def greedy_decode(
     sources: Sequence[Sequence[int]],
     limits: Sequence[int],
     emit: RowEmit,
-    should_stop: Callable[[], bool] = lambda: False,
+    min_new_tokens: int = 0,
 ) -> StepTimings:
-    """Greedy decoding of token sources, all starting together; `limits[i]` is the most new tokens for source i."""
+    """Greedy decoding of token sources, all starting together; `limits[i]` is the most new tokens
+    for source i, and end-of-sequence can't be chosen before `min_new_tokens`."""
     decoder = Decoder(runtime)
-    sequences = [GreedySequence(special.eos, limit, partial(emit, i)) for i, limit in enumerate(limits)]
+    sequences = [GreedySequence(special.eos, limit, min_new_tokens) for limit in limits]
+    _bind(sequences, emit)
     decoder.join(sequences, sources, special.pad, np.full(len(sources), special.bos, dtype=np.int64))
-    _run(decoder, should_stop)
+    _run(decoder)
     return decoder.timings
 
 
@@ -355,16 +368,16 @@ def forecast_decode(
     horizons: Sequence[int],
     point_column: int,
     emit: RowEmit,
-    should_stop: Callable[[], bool] = lambda: False,
 ) -> StepTimings:
     """Forecasts every scaled context `horizons[i]` steps; each step's columns go to `emit`.
 
     The first decoder input of a row is its last context value; after that, its point forecast.
     """
     decoder = Decoder(runtime)
-    sequences = [ForecastSequence(h, partial(emit, i), point_column) for i, h in enumerate(horizons)]
+    sequences = [ForecastSequence(h, point_column) for h in horizons]
+    _bind(sequences, emit)
     decoder.join(sequences, contexts, 0.0, np.array([c[-1] for c in contexts], dtype=np.float32))
-    _run(decoder, should_stop)
+    _run(decoder)
     return decoder.timings
 
 
@@ -374,6 +387,7 @@ def greedy_tokens(
     sources: Sequence[Sequence[int]],
     max_new_tokens: int,
     batch_size: int | None = None,
+    min_new_tokens: int = 0,
 ) -> list[list[int]]:
     """Greedy output token ids of every source, end-of-sequence excluded.
 
@@ -390,7 +404,7 @@ def greedy_tokens(
             if token is not None:
                 outputs[index[row]].append(token)
 
-        greedy_decode(runtime, special, [sources[i] for i in index], [max_new_tokens] * len(index), emit)
+        greedy_decode(runtime, special, [sources[i] for i in index], [max_new_tokens] * len(index), emit, min_new_tokens)
     return outputs
 
 

@@ -1,4 +1,7 @@
-"""Forecast requests: validation, scaling, decoding on the model's scheduler, unscaling.
+"""Forecast requests, the task layer: validate, scale, decode on the model's scheduler, unscale.
+
+Builds on `seqcast.server.scheduler` (admission and the request handle) and
+`seqcast.server.scaling`.
 
 Each series is cut to the model's context length (its last values), scaled with the bundle's
 scaler fitted on that context, forecast through the same decoding loop as translation (the
@@ -10,21 +13,20 @@ never cleaned up silently.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
-from seqcast.server.errors import InvalidArgument
+from seqcast.server.errors import DeadlineExceeded, InvalidArgument
 from seqcast.server.models import LoadedModel
 from seqcast.server.manifest import ForecastSpec
 from seqcast.server.scaling import MeanAbsScaler, Scale
-from seqcast.server.scheduler import run_job
+from seqcast.server.scheduler import RequestHandle, Work
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import Finish, ForecastSequence
+from seqcast.server.strategies import ForecastSequence
 from seqcast.server.strategies import Sequence as DecodingSequence
 
 # Values beyond this magnitude are refused: models compute in float32 (largest ~3.4e38), and a
@@ -104,34 +106,40 @@ def prepare(
     return ForecastJob(model, contexts, scales, horizon, deadline)
 
 
-async def forecast(job: ForecastJob, stop: threading.Event) -> list[SeriesForecast]:
-    """Forecasts every series of the job; `stop` set (client gone) ends decoding at the next step."""
-    spec, scaler = job.model.manifest.forecast, job.model.scaler
-    assert spec is not None and scaler is not None
+async def forecast(job: ForecastJob) -> list[SeriesForecast]:
+    """Forecasts every series of the job and unscales each step's columns."""
+    spec, scaler, scheduler = job.model.manifest.forecast, job.model.scaler, job.model.scheduler
+    assert spec is not None and scaler is not None and scheduler is not None
+    point = spec.columns.index(spec.point)
     steps: list[list[np.ndarray]] = [[] for _ in job.contexts]
 
-    def emit(index: int, columns: np.ndarray | None, finish: Finish | None) -> None:
-        if columns is not None:
-            steps[index].append(columns)
+    async def run(start: int, handle: RequestHandle) -> None:
+        async with aclosing(handle.events()) as stream:
+            async for events in stream:
+                for index, columns, _ in events:
+                    if columns is not None:
+                        steps[start + index].append(columns)
 
-    point = spec.columns.index(spec.point)
-    scheduler = job.model.scheduler
-    assert scheduler is not None
     # A call may hold more series than one batch decodes: its chunks join as rows free up.
     chunk = scheduler.limits.max_batch_rows
-    runs = []
-    for start in range(0, len(job.contexts), chunk):
-        index = range(start, min(start + chunk, len(job.contexts)))
-        sequences: list[DecodingSequence] = [ForecastSequence(job.horizon, partial(emit, i), point) for i in index]
-        contexts = [job.contexts[i] for i in index]
-        first = np.array([c[-1] for c in contexts], dtype=np.float32)
-        runs.append(run_job(
-            scheduler, sequences, contexts, 0.0, first, job.deadline, stop,
-            "raise the deadline, lower the horizon or send fewer series per request",
-        ))
-    await asyncio.gather(*runs)
-    if stop.is_set():  # the caller went away; nobody reads the answer
-        return []
+    runs: list[asyncio.Task[None]] = []
+    handles: list[RequestHandle] = []
+    try:
+        for start in range(0, len(job.contexts), chunk):
+            contexts = job.contexts[start : start + chunk]
+            sequences: list[DecodingSequence] = [ForecastSequence(job.horizon, point) for _ in contexts]
+            first = np.array([c[-1] for c in contexts], dtype=np.float32)
+            handle = scheduler.submit(Work(sequences, contexts, 0.0, first), job.deadline)
+            handles.append(handle)
+            runs.append(asyncio.create_task(run(start, handle)))
+        await asyncio.gather(*runs)
+    except DeadlineExceeded as e:
+        raise DeadlineExceeded(f"{e}; raise the deadline, lower the horizon or send fewer series per request") from None
+    finally:
+        # One chunk failed, or the call ended early: the others stop at the next step.
+        for handle, task in zip(handles, runs):
+            handle.cancel()
+            task.cancel()
     return [
         SeriesForecast(scaler.inverse(np.stack(s).astype(np.float64), scale), len(context))
         for s, scale, context in zip(steps, job.scales, job.contexts)

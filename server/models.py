@@ -1,4 +1,4 @@
-"""Loading bundles: discovery, checksum and graph checks, one decoding worker per model.
+"""Loading bundles: discovery, checksum and graph checks, one scheduler per model.
 
 Every `models/<name>/<version>/` under the model directory is a candidate; the highest version
 of each name is loaded. A bundle that fails any check (unreadable manifest, missing file,
@@ -115,11 +115,11 @@ class ModelRegistry:
         models: list[LoadedModel],
         default_model: str = "",
         default_forecast_model: str = "",
-        limits: SchedulerLimits = SchedulerLimits(),
+        limits: SchedulerLimits | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
         for model in models:
-            model.scheduler = Scheduler(model.name, model.runtime, limits)
+            model.scheduler = Scheduler(model.name, model.runtime, limits or SchedulerLimits.defaults())
         self.defaults = {
             "translation": self._default("translation", default_model, "en-de"),
             "forecast": self._default("forecast", default_forecast_model, "tourism"),
@@ -138,7 +138,7 @@ class ModelRegistry:
         options: RuntimeOptions,
         default_model: str = "",
         default_forecast_model: str = "",
-        limits: SchedulerLimits = SchedulerLimits(),
+        limits: SchedulerLimits | None = None,
     ) -> "ModelRegistry":
         loaded = []
         for bundle_dir in discover(model_dir):

@@ -1,28 +1,32 @@
-"""gRPC servicers: protobuf messages in and out, domain errors mapped to status codes here only.
+"""The gRPC edge: protobuf messages to domain types and back, and the one table from domain
+errors to status codes.
 
-Handlers call `seqcast.server.translation` and `seqcast.server.forecasting`, which raise `ServingError` subclasses for what the
-caller did wrong or what the server cannot take now; anything else is a bug, answered INTERNAL
-with the traceback logged.
+Builds on the task layer (`seqcast.server.translation`, `seqcast.server.forecasting`), which
+validates, decodes on the model's scheduler and raises `ServingError` subclasses for what the
+caller did wrong or what the server cannot take now. Every handler, unary or streaming, is
+wrapped by `_edge`: it maps those errors through `_STATUS`, answers anything else INTERNAL with
+the traceback logged, and records the request's duration and code. The handlers themselves
+only translate messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
 
 import grpc
 
-from seqcast.server import forecasting, metrics, translation
-from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
-from seqcast.server.errors import ServingError
+from seqcast.server import errors, forecasting, metrics, translation
 from seqcast.server.manifest import ForecastSpec
 from seqcast.server.models import ModelRegistry, Task
 from seqcast.server.settings import ServerSettings
+from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
@@ -34,12 +38,21 @@ _FINISH = {
     Finish.LENGTH: pb.FINISH_REASON_LENGTH,
 }
 
-T = TypeVar("T")
+# Domain errors to status codes, most specific first; anything else is a bug (INTERNAL, logged).
+_STATUS: tuple[tuple[type[errors.ServingError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.EngineFailure, grpc.StatusCode.INTERNAL),
+)
 
 
-def _code(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, ServingError):
-        return error.code
+def status_of(error: BaseException) -> grpc.StatusCode:
+    """The status code a request that raised `error` is answered with."""
+    for kind, code in _STATUS:
+        if isinstance(error, kind):
+            return code
     return grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else grpc.StatusCode.INTERNAL
 
 
@@ -50,43 +63,61 @@ def _model_label(registry: ModelRegistry, name: str, task: Task) -> str:
     return name if name in registry.models else "unknown"
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
-    if isinstance(error, ServingError):
-        await context.abort(error.code, str(error))
-    log.exception("%s failed", method, exc_info=error)
+class _Servicer:
+    registry: ModelRegistry
+    task: Task
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    code = status_of(error)
+    if code is grpc.StatusCode.CANCELLED:
+        return  # the caller is gone; nobody reads a status
+    if isinstance(error, errors.ServingError):
+        await context.abort(code, str(error))
+    log.error("%s failed", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; the server log has the details")
 
 
-def _stop_on_done(context: grpc.aio.ServicerContext) -> threading.Event:
-    """An event set when the RPC ends early (client cancelled or went away)."""
-    stop = threading.Event()
-    context.add_done_callback(lambda _: stop.set())
-    return stop
+def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a unary or server-streaming handler: errors to status codes, duration and code to metrics."""
+    name = method.__name__
 
+    def observe(self: _Servicer, request: Any, started: float, code: grpc.StatusCode) -> None:
+        label = _model_label(self.registry, request.model, self.task)
+        metrics.observe_request(label, name, code, time.perf_counter() - started)
 
-def _unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Maps errors to status codes and records the request's duration and code."""
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def stream(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                # aclosing: a stream ended early (the caller went away) closes the handler's
+                # generators at once, which cancels the request.
+                async with aclosing(method(self, request, context)) as messages:
+                    async for message in messages:
+                        yield message
+            except BaseException as e:
+                code = status_of(e)
+                await _abort(context, e, name)
+                raise
+            finally:
+                observe(self, request, started, code)
+
+        return stream
 
     @functools.wraps(method)
-    async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+    async def unary(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except BaseException as e:
-            code = _code(e)
-            if isinstance(e, Exception):
-                await _abort(context, e, method.__name__)
+            code = status_of(e)
+            await _abort(context, e, name)
             raise
         finally:
-            label = _model_label(self.registry, request.model, self.task)
-            metrics.observe_request(label, method.__name__, code, time.perf_counter() - started)
+            observe(self, request, started, code)
 
-    return wrapper
-
-
-class _Servicer:
-    registry: ModelRegistry
-    task: Task
+    return unary
 
 
 def _strategy(decoding: pb.Decoding) -> Strategy:
@@ -116,36 +147,32 @@ class TranslationServicer(_Servicer, pb_grpc.TranslationServicer):
     def _job(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> translation.TranslateJob:
         model = self.registry.get(request.model, "translation")
         max_new = request.max_new_tokens if request.HasField("max_new_tokens") else None
+        min_new = request.min_new_tokens if request.HasField("min_new_tokens") else None
         return translation.prepare(
-            model, list(request.texts), max_new, self.settings, context.time_remaining(), _strategy(request.decoding)
+            model, list(request.texts), max_new, self.settings, context.time_remaining(), _strategy(request.decoding), min_new
         )
 
-    @_unary
+    @_edge
     async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
         job = self._job(request, context)
-        outputs = await translation.translate(job, _stop_on_done(context))
-        codec = job.model.codec
+        results = await translation.translate(job)
         return pb.TranslateResponse(
             model=job.model.name,
             model_version=job.model.manifest.version,
             results=[
-                pb.TranslationResult(
-                    text=codec.decode(out.tokens),
-                    finish_reason=_FINISH[out.finish],
-                    input_tokens=len(src),
-                    output_tokens=len(out.tokens),
-                )
-                for src, out in zip(job.sources, outputs)
+                pb.TranslationResult(text=r.text, finish_reason=_FINISH[r.finish], input_tokens=r.input_tokens,
+                                     output_tokens=r.output_tokens)
+                for r in results
             ],
         )
 
+    @_edge
     async def TranslateStream(
         self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TranslateChunk]:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
-            job = self._job(request, context)
-            async for piece in translation.translate_stream(job, _stop_on_done(context)):
+        job = self._job(request, context)
+        async for pieces in translation.translate_stream(job):
+            for piece in pieces:
                 yield pb.TranslateChunk(
                     index=piece.index,
                     text=piece.text,
@@ -153,14 +180,6 @@ class TranslationServicer(_Servicer, pb_grpc.TranslationServicer):
                     input_tokens=len(job.sources[piece.index]),
                     output_tokens=piece.output_tokens,
                 )
-        except BaseException as e:
-            code = _code(e)
-            if isinstance(e, Exception):
-                await _abort(context, e, "TranslateStream")
-            raise
-        finally:
-            label = _model_label(self.registry, request.model, self.task)
-            metrics.observe_request(label, "TranslateStream", code, time.perf_counter() - started)
 
 
 class ForecastingServicer(_Servicer, pb_grpc.ForecastingServicer):
@@ -170,12 +189,12 @@ class ForecastingServicer(_Servicer, pb_grpc.ForecastingServicer):
         self.registry = registry
         self.settings = settings
 
-    @_unary
+    @_edge
     async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext) -> pb.ForecastResponse:
         model = self.registry.get(request.model, "forecast")
         series = [s.values for s in request.series]
         job = forecasting.prepare(model, series, request.horizon, self.settings, context.time_remaining())
-        results = await forecasting.forecast(job, _stop_on_done(context))
+        results = await forecasting.forecast(job)
         spec = model.manifest.forecast
         assert spec is not None
         point = spec.columns.index(spec.point)

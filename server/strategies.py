@@ -4,8 +4,9 @@ A `Sequence` is one text (or series) being decoded. It occupies `width` rows of 
 batch (one, or `beam_size` for beam search), and after every step `advance` takes its rows'
 outputs and says which of its rows go on (by local index, repeats allowed: beams reorder and
 duplicate rows) and what each is fed next. It reports what it produced through its `emit`
-callback as it goes. Strategies never see other sequences, so a sequence decodes the same
-whatever else shares the batch.
+callback as it goes, which whoever drives it (the scheduler, or the offline helpers in
+`seqcast.server.decoding`) sets before the first step. Strategies never see other sequences, so
+a sequence decodes the same whatever else shares the batch.
 
 * `GreedySequence`: the most likely token.
 * `SamplingSequence`: temperature, then top-k, then top-p (nucleus) filtering, then a draw from
@@ -61,12 +62,16 @@ class Sampling:
 Strategy = Greedy | BeamSearch | Sampling
 
 
+def _unbound(item: Any, finish: "Finish | None") -> None:
+    raise RuntimeError("a sequence decoded before its emit callback was set")
+
+
 class Sequence(ABC):
     """One sequence in the running batch; see the module docstring."""
 
-    def __init__(self, limit: int, emit: Emit) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.emit = emit
+        self.emit: Emit = _unbound
         self.generated = 0
         self.finished = False
 
@@ -76,8 +81,9 @@ class Sequence(ABC):
         """Rows the sequence occupies now."""
 
     @abstractmethod
-    def advance(self, outputs: np.ndarray) -> tuple[list[int], np.ndarray]:
-        """Takes its rows' step outputs (width, K); returns the local rows that go on and their next inputs."""
+    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
+        """Takes its rows' step outputs (width, K) and each row's argmax (width,); returns the
+        local rows that go on and their next inputs."""
 
     def stop(self) -> None:
         """Ends the sequence early (deadline, cancellation)."""
@@ -86,45 +92,53 @@ class Sequence(ABC):
 
 
 class _TokenSequence(Sequence):
-    """A single-row token sequence; subclasses choose the token."""
+    """A single-row token sequence; subclasses choose the token. End-of-sequence can't be chosen
+    before `min_length` tokens were generated."""
 
-    def __init__(self, eos: int, limit: int, emit: Emit) -> None:
-        super().__init__(limit, emit)
+    def __init__(self, eos: int, limit: int, min_length: int = 0) -> None:
+        super().__init__(limit)
         self.eos = eos
+        self.min_length = min_length
 
     @property
     def width(self) -> int:
         return 0 if self.finished else 1
 
     @abstractmethod
-    def choose(self, logits: np.ndarray) -> int: ...
+    def choose(self, logits: np.ndarray, best: int) -> int:
+        """The next token from the row's logits; `best` is their argmax."""
 
-    def advance(self, outputs: np.ndarray) -> tuple[list[int], np.ndarray]:
-        token = self.choose(outputs[0])
+    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
+        logits, top = outputs[0], int(best[0])
+        if self.generated < self.min_length:
+            logits = logits.copy()
+            logits[self.eos] = -np.inf
+            top = int(logits.argmax())
+        token = self.choose(logits, top)
         self.generated += 1
         if token == self.eos:
             self.finished = True
             self.emit(None, Finish.EOS)
-            return [], np.empty(0, dtype=np.int64)
+            return [], []
         if self.generated >= self.limit:
             self.finished = True
             self.emit(token, Finish.LENGTH)
-            return [], np.empty(0, dtype=np.int64)
+            return [], []
         self.emit(token, None)
-        return [0], np.array([token], dtype=np.int64)
+        return [0], [token]
 
 
 class GreedySequence(_TokenSequence):
-    def choose(self, logits: np.ndarray) -> int:
-        return int(logits.argmax())
+    def choose(self, logits: np.ndarray, best: int) -> int:
+        return best
 
 
 class SamplingSequence(_TokenSequence):
-    def __init__(self, eos: int, limit: int, emit: Emit, options: Sampling, rng: np.random.Generator) -> None:
-        super().__init__(eos, limit, emit)
+    def __init__(self, eos: int, limit: int, options: Sampling, rng: np.random.Generator, min_length: int = 0) -> None:
+        super().__init__(eos, limit, min_length)
         self.options, self.rng = options, rng
 
-    def choose(self, logits: np.ndarray) -> int:
+    def choose(self, logits: np.ndarray, best: int) -> int:
         return sample_token(logits, self.options, self.rng)
 
 
@@ -152,9 +166,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 class BeamSequence(Sequence):
     """Beam search over `beam_size` rows; ends when `beam_size` hypotheses ended, or at the limit."""
 
-    def __init__(self, eos: int, limit: int, emit: Emit, options: BeamSearch) -> None:
-        super().__init__(limit, emit)
-        self.eos, self.options = eos, options
+    def __init__(self, eos: int, limit: int, options: BeamSearch, min_length: int = 0) -> None:
+        super().__init__(limit)
+        self.eos, self.options, self.min_length = eos, options, min_length
         self.k = options.beam_size
         # All beams start identical; only the first may expand, so the first step picks k
         # different tokens instead of the same one k times.
@@ -169,8 +183,10 @@ class BeamSequence(Sequence):
     def _normalised(self, score: float, length: int) -> float:
         return score / max(length, 1) ** self.options.length_penalty
 
-    def advance(self, outputs: np.ndarray) -> tuple[list[int], np.ndarray]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
         total = self.scores[:, None] + _log_softmax(outputs)  # (width, V)
+        if self.generated < self.min_length:
+            total[:, self.eos] = -math.inf
         vocab = total.shape[1]
         candidates = np.argsort(-total, axis=None, kind="stable")[: 2 * self.k]
         self.generated += 1
@@ -194,10 +210,10 @@ class BeamSequence(Sequence):
             alive = []
         if len(self.ended) >= self.k or not alive:
             self._finish()
-            return [], np.empty(0, dtype=np.int64)
+            return [], []
         self.beams = [self.beams[p] + [t] for p, t, _ in alive]
         self.scores = np.array([s for _, _, s in alive])
-        return [p for p, _, _ in alive], np.array([t for _, t, _ in alive], dtype=np.int64)
+        return [p for p, _, _ in alive], [t for _, t, _ in alive]
 
     def _finish(self) -> None:
         self.finished = True
@@ -215,29 +231,32 @@ class BeamSequence(Sequence):
 class ForecastSequence(Sequence):
     """Emits every column of each step; the point column is fed back."""
 
-    def __init__(self, limit: int, emit: Emit, point_column: int) -> None:
-        super().__init__(limit, emit)
+    def __init__(self, limit: int, point_column: int) -> None:
+        super().__init__(limit)
         self.point_column = point_column
 
     @property
     def width(self) -> int:
         return 0 if self.finished else 1
 
-    def advance(self, outputs: np.ndarray) -> tuple[list[int], np.ndarray]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
         columns = outputs[0]
         self.generated += 1
         if self.generated >= self.limit:
             self.finished = True
             self.emit(columns, Finish.LENGTH)
-            return [], np.empty(0, dtype=np.float32)
+            return [], []
         self.emit(columns, None)
-        return [0], np.array([columns[self.point_column]], dtype=np.float32)
+        return [0], [float(columns[self.point_column])]
 
 
-def token_sequence(strategy: Strategy, eos: int, limit: int, emit: Emit, rng: np.random.Generator | None) -> Sequence:
-    """The sequence object for one text decoded with `strategy`."""
+def token_sequence(
+    strategy: Strategy, eos: int, limit: int, rng: np.random.Generator | None = None, min_length: int = 0
+) -> Sequence:
+    """The sequence object for one text decoded with `strategy`: at most `limit` new tokens, and
+    at least `min_length` before end-of-sequence may be chosen."""
     if isinstance(strategy, BeamSearch):
-        return BeamSequence(eos, limit, emit, strategy)
+        return BeamSequence(eos, limit, strategy, min_length)
     if isinstance(strategy, Sampling):
-        return SamplingSequence(eos, limit, emit, strategy, rng or np.random.default_rng(strategy.seed))
-    return GreedySequence(eos, limit, emit)
+        return SamplingSequence(eos, limit, strategy, rng or np.random.default_rng(strategy.seed), min_length)
+    return GreedySequence(eos, limit, min_length)

@@ -1,8 +1,11 @@
 """Text to token ids and back, with the bundle's own `tokenizer.json`.
 
-`StreamDetokenizer` turns tokens into text pieces as they arrive. Byte-level BPE can split one
-character over two tokens; a piece is held back while the decoded text ends in an incomplete
-character, so the pieces of a stream always join to the full decoded text.
+`StreamDetokenizer` turns tokens into text pieces as they arrive, incrementally: each call
+decodes only a short window of recent tokens (the tokens of the last piece it emitted, which
+give the window its context, plus the new ones), never the whole text again. Byte-level BPE can
+split one character over two tokens, so a piece is held back while the window ends in an
+incomplete character. When the sequence ends, `finish` decodes the whole text once and emits
+what is still missing, so the pieces of a stream always join to the full decoded text.
 """
 
 from __future__ import annotations
@@ -34,19 +37,31 @@ class StreamDetokenizer:
     def __init__(self, codec: TextCodec) -> None:
         self.codec = codec
         self.ids: list[int] = []
-        self.emitted = ""
+        # ids[prefix:read] were decoded and emitted last time; they are decoded again as the
+        # left context of the next window (a word-initial space depends on what precedes it).
+        self._prefix = 0
+        self._read = 0
+        self._emitted: list[str] = []
 
-    def push(self, token: int) -> str:
-        """Adds a token; returns the text that became complete (possibly empty)."""
-        self.ids.append(token)
-        text = self.codec.decode(self.ids)
-        if text.endswith(_INCOMPLETE) or not text.startswith(self.emitted):
+    def push(self, tokens: Sequence[int]) -> str:
+        """Adds tokens; returns the text that became complete (possibly empty)."""
+        self.ids.extend(tokens)
+        window = self.codec.decode(self.ids[self._prefix :])
+        if window.endswith(_INCOMPLETE):
             return ""
-        piece, self.emitted = text[len(self.emitted) :], text
+        context = self.codec.decode(self.ids[self._prefix : self._read])
+        if not window.startswith(context) or len(window) <= len(context):
+            return ""
+        piece = window[len(context) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        self._emitted.append(piece)
         return piece
 
     def finish(self) -> str:
-        """The rest of the text once the sequence ended."""
+        """The rest of the text once the sequence ended (one decode of the whole sequence)."""
         text = self.codec.decode(self.ids)
-        piece, self.emitted = text[len(self.emitted) :], text
+        emitted = "".join(self._emitted)
+        piece = text[len(emitted) :] if text.startswith(emitted) else ""
+        self._emitted = [text]
+        self._prefix = self._read = len(self.ids)
         return piece

@@ -1,29 +1,30 @@
-"""Translation requests: validation, decoding strategy, and decoding on the model's scheduler.
+"""Translation requests, the task layer: validate, tokenize, decode on the model's scheduler, and
+turn the request's events into text, for unary and streaming calls alike.
 
-Over-long input is refused, never truncated: a text over `max_input_chars` characters, or over
-the model's `max_source_tokens` once tokenized, gets INVALID_ARGUMENT naming the text's index,
-so a caller never receives a translation of half a sentence without knowing it.
+Builds on `seqcast.server.scheduler` (admission and the request handle) and
+`seqcast.server.strategies` (greedy, beam search, sampling). Over-long input is refused, never
+truncated: a text over `max_input_chars` characters, or over the model's `max_source_tokens`
+once tokenized, gets InvalidArgument naming the text's index, so a caller never receives a
+translation of half a sentence without knowing it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from collections import deque
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 
 import numpy as np
 
-from seqcast.server import wakeups
-from seqcast.server.errors import InvalidArgument
+from seqcast.server.errors import DeadlineExceeded, InvalidArgument
 from seqcast.server.models import LoadedModel
-from seqcast.server.scheduler import run_job
+from seqcast.server.scheduler import RequestHandle, Work
 from seqcast.server.settings import ServerSettings
 from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy, token_sequence
 from seqcast.server.text import StreamDetokenizer
+
+TOO_SLOW = "raise the deadline or lower max_new_tokens"
 
 
 @dataclass(frozen=True)
@@ -34,19 +35,23 @@ class TranslateJob:
     # Absolute time.monotonic() after which decoding stops; None = no deadline.
     deadline: float | None
     strategy: Strategy = Greedy()
+    # End-of-sequence can't be chosen before this many new tokens.
+    min_new_tokens: int = 0
 
 
-@dataclass
-class Output:
-    """One text's result; `finish` is set once its sequence ended."""
+@dataclass(frozen=True)
+class Translation:
+    """One text's whole result."""
 
-    tokens: list[int] = field(default_factory=list)
-    finish: Finish | None = None
+    text: str
+    finish: Finish | None
+    input_tokens: int
+    output_tokens: int
 
 
 @dataclass(frozen=True)
 class Piece:
-    """A streamed piece of text `index`; `finish` set on its last piece."""
+    """The text that text `index` gained since its last piece; `finish` set on its last piece."""
 
     index: int
     text: str
@@ -61,6 +66,7 @@ def prepare(
     settings: ServerSettings,
     time_remaining: float | None,
     strategy: Strategy = Greedy(),
+    min_new_tokens: int | None = None,
 ) -> TranslateJob:
     """Checks a request against the settings and the model's limits; raises InvalidArgument."""
     name, most = model.name, model.manifest.max_new_tokens
@@ -78,6 +84,16 @@ def prepare(
             )
     if max_new_tokens is not None and not 1 <= max_new_tokens <= most:
         raise InvalidArgument(f"max_new_tokens must be between 1 and {most} for model {name}, got {max_new_tokens}")
+    limit = max_new_tokens or most
+    if min_new_tokens is not None and not 0 <= min_new_tokens <= limit:
+        raise InvalidArgument(f"min_new_tokens must be between 0 and max_new_tokens ({limit}), got {min_new_tokens}")
+    strategy = check_strategy(strategy, settings)
+    rows = len(texts) * (strategy.beam_size if isinstance(strategy, BeamSearch) else 1)
+    if model.scheduler is not None and rows > model.scheduler.limits.max_batch_rows:
+        raise InvalidArgument(
+            f"the request needs {rows} decoding rows; model {name} decodes at most "
+            f"{model.scheduler.limits.max_batch_rows} at once: send fewer texts or a smaller beam"
+        )
     sources = model.codec.encode(texts)
     for i, ids in enumerate(sources):
         if len(ids) > model.manifest.max_source_tokens:
@@ -86,10 +102,7 @@ def prepare(
                 f"{model.manifest.max_source_tokens}: split the text into sentences and send them as separate texts"
             )
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
-    return TranslateJob(model, sources, [max_new_tokens or most] * len(texts), deadline, check_strategy(strategy, settings))
-
-
-OnToken = Callable[[int, int | None, Finish | None], None]
+    return TranslateJob(model, sources, [limit] * len(texts), deadline, strategy, min_new_tokens or 0)
 
 
 def check_strategy(strategy: Strategy, settings: ServerSettings) -> Strategy:
@@ -117,102 +130,75 @@ def _rng(strategy: Strategy, index: int) -> np.random.Generator | None:
     return np.random.default_rng(None if strategy.seed is None else [strategy.seed, index])
 
 
-async def _run(job: TranslateJob, stop: threading.Event, on_token: OnToken) -> None:
+def _submit(job: TranslateJob) -> RequestHandle:
     special = job.model.manifest.special_tokens
     sequences = [
-        token_sequence(job.strategy, special.eos, limit, partial(on_token, i), _rng(job.strategy, i))
+        token_sequence(job.strategy, special.eos, limit, _rng(job.strategy, i), job.min_new_tokens)
         for i, limit in enumerate(job.limits)
     ]
     first = np.full(len(job.sources), special.bos, dtype=np.int64)
     assert job.model.scheduler is not None
-    await run_job(
-        job.model.scheduler, sequences, job.sources, special.pad, first, job.deadline, stop,
-        "raise the deadline or lower max_new_tokens",
-    )
+    return job.model.scheduler.submit(Work(sequences, job.sources, special.pad, first), job.deadline)
 
 
-async def translate(job: TranslateJob, stop: threading.Event) -> list[Output]:
-    """Decodes every text of the job; `stop` set (client gone) ends decoding at the next step."""
-    outputs = [Output() for _ in job.sources]
-
-    def on_token(row: int, token: int | None, finish: Finish | None) -> None:
-        if token is not None:
-            outputs[row].tokens.append(token)
-        outputs[row].finish = finish
-
-    await _run(job, stop, on_token)
-    return outputs
-
-
-class _TokenMailbox:
-    """Tokens from the decoding thread to the event loop.
-
-    Tokens queue here and the handler drains them all at once, so a busy loop sends fewer,
-    larger chunks; the mailbox asks for a wake-up only when it was empty, and the scheduler
-    sends the wake-ups of one step together (`seqcast.server.wakeups`).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: deque[tuple[int, int | None, Finish | None]] = deque()
-        self.lock = threading.Lock()
-        self.ready = asyncio.Event()
-        self.woken = False
-
-    def put(self, row: int, token: int | None, finish: Finish | None) -> None:
-        with self.lock:
-            self.items.append((row, token, finish))
-            if self.woken:
-                return
-            self.woken = True
-        wakeups.call_soon(self.loop, self.ready.set)
-
-    def take(self) -> list[tuple[int, int | None, Finish | None]]:
-        with self.lock:
-            items, self.items = list(self.items), deque()
-            self.woken = False
-            self.ready.clear()
-        return items
-
-
-async def translate_stream(job: TranslateJob, stop: threading.Event) -> AsyncIterator[Piece]:
-    """Yields text pieces as tokens are decoded; each text's last piece carries its finish.
-
-    Tokens that arrived together are sent as one piece per text.
-    """
-    mailbox = _TokenMailbox(asyncio.get_running_loop())
-    outcome: list[BaseException | None] = []
-
-    async def run() -> None:
-        try:
-            await _run(job, stop, mailbox.put)
-            outcome.append(None)
-        except BaseException as e:  # handed to the consumer below, which re-raises it
-            outcome.append(e)
-        mailbox.ready.set()
-
-    # Held so the task is not garbage-collected while it runs (asyncio keeps weak references).
-    task = asyncio.create_task(run())
-    detokenizers = [StreamDetokenizer(job.model.codec) for _ in job.sources]
+async def _events(job: TranslateJob) -> AsyncIterator[list[tuple[int, int | None, Finish | None]]]:
+    """The request's events from its handle; a passed deadline says what to change."""
     try:
-        while True:
-            await mailbox.ready.wait()
-            finished = bool(outcome)
-            pieces: dict[int, tuple[str, Finish | None]] = {}
-            for row, token, finish in mailbox.take():
-                if finish is Finish.STOPPED:
-                    continue
-                text = detokenizers[row].push(token) if token is not None else ""
+        async with aclosing(_submit(job).events()) as stream:
+            async for events in stream:
+                yield events
+    except DeadlineExceeded as e:
+        raise DeadlineExceeded(f"{e}; {TOO_SLOW}") from None
+
+
+async def translate(job: TranslateJob) -> list[Translation]:
+    """Decodes every text of the job and returns each whole."""
+    tokens: list[list[int]] = [[] for _ in job.sources]
+    finishes: list[Finish | None] = [None] * len(job.sources)
+    async with aclosing(_events(job)) as stream:
+        async for events in stream:
+            for index, token, finish in events:
+                if token is not None:
+                    tokens[index].append(token)
                 if finish is not None:
-                    text += detokenizers[row].finish()
-                pieces[row] = (pieces.get(row, ("", None))[0] + text, finish)
-            for row, (text, finish) in pieces.items():
-                yield Piece(row, text, finish, len(detokenizers[row].ids))
-            if finished:
-                if outcome[0] is not None:
-                    raise outcome[0]
-                return
-    finally:
-        # The caller stopped reading (or something failed): decoding ends within one step.
-        stop.set()
-        del task
+                    finishes[index] = finish
+    codec = job.model.codec
+    assert codec is not None
+    return [Translation(codec.decode(ids), finish, len(src), len(ids)) for ids, finish, src in zip(tokens, finishes, job.sources)]
+
+
+async def translate_stream(job: TranslateJob) -> AsyncIterator[list[Piece]]:
+    """Yields, for every delivery of events, one piece per text that gained text or ended.
+
+    Tokens that arrived together (a reader that lags) become one piece per text, decoded with one
+    call of the incremental detokenizer.
+    """
+    codec = job.model.codec
+    assert codec is not None
+    detokenizers = [StreamDetokenizer(codec) for _ in job.sources]
+    async with aclosing(_events(job)) as stream:
+        async for events in stream:
+            pieces = _pieces(events, detokenizers)
+            if pieces:
+                yield pieces
+
+
+def _pieces(events: list[tuple[int, int | None, Finish | None]], detokenizers: list[StreamDetokenizer]) -> list[Piece]:
+    """One piece per text that gained text or ended in `events`."""
+    news: dict[int, tuple[list[int], Finish | None]] = {}
+    for index, token, finish in events:
+        ids, _ = news.get(index, ([], None))
+        if token is not None:
+            ids.append(token)
+        news[index] = (ids, finish)
+    pieces = []
+    for index, (ids, finish) in news.items():
+        if finish is Finish.STOPPED:
+            continue
+        stream = detokenizers[index]
+        text = stream.push(ids) if ids else ""
+        if finish is not None:
+            text += stream.finish()
+        if text or finish is not None:
+            pieces.append(Piece(index, text, finish, len(stream.ids)))
+    return pieces

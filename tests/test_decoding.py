@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqcast.server.decoding import Finish, forecast_decode, greedy_decode
+from seqcast.server.decoding import Decoder, Finish, forecast_decode, greedy_decode
 from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, TensorSpec
+from seqcast.server.strategies import GreedySequence
 
 from scripted_runtime import BOS, EOS, CountingRuntime
 
-def run(scripts, limits, stop_after=None):
+def run(scripts, limits, min_new_tokens=0):
     runtime = CountingRuntime(dict(enumerate(scripts)))
     events: dict[int, list] = {i: [] for i in range(len(scripts))}
-    steps = iter(range(10_000))
     timings = greedy_decode(
         runtime,
         SpecialTokens(pad=0, bos=BOS, eos=EOS),
         [[i, EOS] for i in range(len(scripts))],
         limits,
         lambda row, token, finish: events[row].append((token, finish)),
-        should_stop=lambda: stop_after is not None and next(steps) >= stop_after,
+        min_new_tokens,
     )
     return runtime, events, timings
 
@@ -42,10 +42,30 @@ def test_the_token_limit_ends_a_row_with_length() -> None:
     assert events[1] == [(9, None), (None, Finish.EOS)]
 
 
-def test_should_stop_ends_every_remaining_row() -> None:
-    _, events, _ = run([[5, 6, 7, 8], [9, 9, 9, 9]], [10, 10], stop_after=2)
+def test_stop_ends_the_chosen_sequences_and_frees_only_their_rows() -> None:
+    runtime = CountingRuntime({0: [5, 6, 7, 8], 1: [9, 9, 9, 9]})
+    events: dict[int, list] = {0: [], 1: []}
+    sequences = [GreedySequence(EOS, 10) for _ in range(2)]
+    for i, seq in enumerate(sequences):
+        seq.emit = lambda token, finish, i=i: events[i].append((token, finish))
+    decoder = Decoder(runtime)
+    decoder.join(sequences, [[0, EOS], [1, EOS]], 0, np.full(2, BOS, dtype=np.int64))
+    decoder.step()
+    decoder.step()
+    decoder.stop([sequences[0]])
     assert events[0] == [(5, None), (6, None), (None, Finish.STOPPED)]
-    assert events[1] == [(9, None), (9, None), (None, Finish.STOPPED)]
+    assert decoder.rows == 1
+    while decoder.active:
+        decoder.step()
+    assert events[1] == [(9, None)] * 4 + [(None, Finish.EOS)]
+
+
+def test_min_new_tokens_holds_back_end_of_sequence_until_reached() -> None:
+    # Row 0's script ends after one token; it must go on to 3 tokens (the scripted runtime then
+    # scores only end-of-sequence, so the choice falls to the lowest other id, 0).
+    _, events, _ = run([[5], [6, 7, 8, 9]], [3, 10], min_new_tokens=3)
+    assert [t for t, _ in events[0]] == [5, 0, 0] and events[0][-1][1] is Finish.LENGTH
+    assert events[1] == [(6, None), (7, None), (8, None), (9, None), (None, Finish.EOS)]
 
 
 class ScriptedForecaster:

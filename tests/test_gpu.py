@@ -37,7 +37,9 @@ def test_cuda_decoder_state_stays_on_the_gpu_between_steps(model_dir: Path) -> N
     assert gpu.state_device == "cuda"
     special = manifest.special_tokens
     decoder = Decoder(gpu)
-    sequences = [GreedySequence(special.eos, 16, lambda token, finish: None) for _ in range(4)]
+    sequences = [GreedySequence(special.eos, 16) for _ in range(4)]
+    for seq in sequences:
+        seq.emit = lambda token, finish: None
     decoder.join(sequences, [[5 + i, 17, 2] for i in range(4)], special.pad, np.full(4, special.bos, dtype=np.int64))
     decoder.step()
     for value in [*decoder.batch.state.values(), *decoder.batch.static.values()]:

@@ -14,7 +14,7 @@ from conftest import TINY_FORECASTERS
 from seqcast.server.decoding import Decoder, forecast_values, greedy_tokens, nbytes
 from seqcast.server.manifest import Manifest
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
-from seqcast.server.strategies import BeamSearch, Finish, token_sequence
+from seqcast.server.strategies import BeamSearch, Finish, Greedy, token_sequence
 
 
 def _models(bundle: Path) -> tuple[OnnxModel, OnnxModel, Manifest]:
@@ -40,13 +40,17 @@ def _staggered(runtime: OnnxModel, manifest: Manifest) -> dict[int, list[int]]:
         return on
 
     decoder = Decoder(runtime)
-    first = [token_sequence(None, special.eos, 24, emit(i), None) for i in range(3)]
+    first = [token_sequence(Greedy(), special.eos, 24) for i in range(3)]
+    for i, seq in enumerate(first):
+        seq.emit = emit(i)
     decoder.join(first, SOURCES[:3], special.pad, np.full(3, special.bos, dtype=np.int64))
     for _ in range(3):
         decoder.step()
         if runtime.state_device is not None:
             assert all(isinstance(v, ort.OrtValue) for v in decoder.batch.state.values()), "state left the device"
-    beams = [token_sequence(BeamSearch(beam_size=3), special.eos, 24, emit(i), None) for i in (3, 4)]
+    beams = [token_sequence(BeamSearch(beam_size=3), special.eos, 24) for i in (3, 4)]
+    for i, seq in zip((3, 4), beams):
+        seq.emit = emit(i)
     decoder.join(beams, SOURCES[3:5], special.pad, np.full(2, special.bos, dtype=np.int64))
     while decoder.active:
         decoder.step()

@@ -17,16 +17,18 @@ FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("model", "texts", "max_new_tokens", "decoding")
+    __slots__ = ("model", "texts", "max_new_tokens", "decoding", "min_new_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DECODING_FIELD_NUMBER: _ClassVar[int]
+    MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     max_new_tokens: int
     decoding: Decoding
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ...) -> None: ...
+    min_new_tokens: int
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ..., min_new_tokens: _Optional[int] = ...) -> None: ...
 
 class Decoding(_message.Message):
     __slots__ = ("greedy", "beam_search", "sampling")
