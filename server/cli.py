@@ -1,7 +1,9 @@
 """`seqcast`: one command with a subcommand per step (data, train, export, evaluate, serve).
 
 The export-path commands live in `seqcast.export.cli` and import torch only when run, so the
-server image (no torch) runs `seqcast serve`.
+server image (no torch) runs `seqcast serve`. `serve`'s flags are generated from the settings
+model (`seqcast.server.settings`), so every setting is a flag, an environment variable and a
+TOML key, with one default.
 """
 
 from __future__ import annotations
@@ -10,50 +12,40 @@ import argparse
 import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from seqcast.export import cli as export_cli
+from seqcast.server.settings import ServerSettings, add_flags, from_flags
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every bundle under --model-dir over gRPC")
-    p.add_argument("--config", type=Path, help="TOML settings file (below flags and SEQCAST_* variables)")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port, 0 for any free one (default 50051)")
-    p.add_argument("--model-dir", type=Path, help="bundle root (default models)")
-    p.add_argument("--default-model", help="translation model for requests that name none")
-    p.add_argument("--default-forecast-model", help="forecast model for requests that name none")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--intra-op-threads", type=int)
-    p.add_argument("--metrics-port", type=int, help="port of the Prometheus /metrics endpoint, 0 for any free one (default 9464)")
-    p.add_argument("--batching", choices=["inflight", "static", "none"], help="scheduling policy (default inflight)")
-    p.add_argument("--max-batch-rows", type=int, help="rows decoded together per model (default 256)")
-    p.add_argument("--health-port", type=int, help="also serve grpc.health.v1 in plaintext on this port (for probes)")
-    p.add_argument("--tls-cert-file", type=Path, help="PEM certificate chain: serve TLS (with --tls-key-file)")
-    p.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file")
-    p.add_argument("--tls-client-ca-file", type=Path, help="PEM CA bundle: require client certificates it signed (mutual TLS)")
-    p.add_argument("--drain-seconds", type=float, help="after SIGTERM, how long running calls get to finish (default 10)")
+    # The log level is the top-level --log-level (before the subcommand), shared with every command.
+    add_flags(p, skip=frozenset({"log_level"}))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from seqcast.server.app import serve
-    from seqcast.server.settings import ServerSettings
 
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "log_level")}
     try:
-        settings = ServerSettings(**flags)
+        settings = from_flags(args)
+        if args.log_level is not None:
+            settings = settings.model_copy(update={"log_level": args.log_level})
     except (ValidationError, ValueError) as e:
         print(f"error: invalid settings: {e}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=settings.log_level, format=_LOG_FORMAT, force=True)
     asyncio.run(serve(settings))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqcast", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default INFO; for serve, the log_level setting)")
     sub = parser.add_subparsers(dest="command", required=True)
     export_cli.add_commands(sub)
     _add_serve(sub)
@@ -62,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _run_serve(args)
+    logging.basicConfig(level=args.log_level or "INFO", format=_LOG_FORMAT)
     return export_cli.run(args)
 
 
