@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     translate = sub.add_parser("translate", help="translate texts, one output line per text")
     translate.add_argument("--model", default="", help="model name (default: the server's default)")
     translate.add_argument("--max-new-tokens", type=_positive_int, default=None)
+    translate.add_argument("--min-new-tokens", type=_positive_int, default=None,
+                           help="hold back end-of-sequence until this many tokens were generated")
     translate.add_argument("--stream", action="store_true", help="print pieces as they are decoded")
     translate.add_argument(
         "--json",
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--model", default="", help="model name (default: the server's default)")
     bench.add_argument("--max-new-tokens", type=_positive_int, default=None)
+    bench.add_argument("--min-new-tokens", type=_positive_int, default=None,
+                       help="hold back end-of-sequence until this many tokens (equal to --max-new-tokens: exact lengths)")
     bench.add_argument(
         "--texts", type=Path, metavar="FILE",
         help=f"texts to send round robin, one per line (default: {len(DEFAULT_TEXTS)} built-in UI strings)",
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _translate(client: SeqcastClient, args: argparse.Namespace) -> int:
-    options = dict(model=args.model, max_new_tokens=args.max_new_tokens, timeout=args.timeout)
+    options = dict(model=args.model, max_new_tokens=args.max_new_tokens, timeout=args.timeout,
+                   min_new_tokens=args.min_new_tokens)
     if args.stream:
         chunks = client.translate_stream(args.texts, **options)
         if args.json:
@@ -384,7 +389,7 @@ def _bench(client: SeqcastClient, args: argparse.Namespace) -> int:
     client.translate(texts[0], model=args.model, max_new_tokens=1, timeout=args.timeout)
     summary = run_load(
         args.target, args.concurrency, args.duration, model=args.model, max_new_tokens=args.max_new_tokens,
-        texts=texts, warmup=args.warmup, max_requests=args.max_requests, timeout=args.timeout,
+        min_new_tokens=args.min_new_tokens, texts=texts, warmup=args.warmup, max_requests=args.max_requests, timeout=args.timeout,
         drain_timeout=args.drain, on_progress=None if args.quiet else _print_progress, tls=client.tls,
     )
     if args.json:

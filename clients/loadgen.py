@@ -165,6 +165,7 @@ class _Call:
     model: str
     max_new_tokens: int | None
     timeout: float | None
+    min_new_tokens: int | None = None
 
 
 class _Dispatcher:
@@ -206,6 +207,7 @@ def run_load(
     *,
     model: str = "",
     max_new_tokens: int | None = None,
+    min_new_tokens: int | None = None,
     texts: Sequence[str] | None = None,
     warmup: float = 0.0,
     max_requests: int | None = None,
@@ -220,14 +222,15 @@ def run_load(
     Each client loops: the next text (round robin over `texts`, default `DEFAULT_TEXTS`), one
     `translate_stream` call, one record. Sending stops at `duration` seconds or after
     `max_requests` calls in all; requests still in flight `drain_timeout` seconds after that are
-    cancelled (recorded as CANCELLED). Requests started in the first `warmup` seconds are left out
+    cancelled (recorded as CANCELLED). `min_new_tokens` equal to `max_new_tokens` makes every
+    request decode exactly that many tokens. Requests started in the first `warmup` seconds are left out
     of the statistics. `timeout` is each call's deadline. `on_progress` is called about once a
     second. `tls` connects with TLS. Raises SeqcastError(UNAVAILABLE) when a client cannot connect within
     `connect_timeout` seconds, and ValueError for impossible arguments.
     """
     texts = list(DEFAULT_TEXTS if texts is None else texts)
     _check(concurrency, duration, warmup, max_requests, drain_timeout, texts)
-    call = _Call(model, max_new_tokens, timeout)
+    call = _Call(model, max_new_tokens, timeout, min_new_tokens)
     clock = _Clock()
     dispatcher = _Dispatcher(texts, max_requests, clock)
     records: list[RequestRecord] = []  # appended by the workers; list.append is atomic
@@ -333,7 +336,8 @@ def _one_request(client: SeqcastClient, text: str, call: _Call, clock: _Clock) -
     status = "OK"
     start = clock()
     try:
-        for chunk in client.translate_stream(text, call.model, call.max_new_tokens, call.timeout):
+        for chunk in client.translate_stream(text, call.model, call.max_new_tokens, call.timeout,
+                                             min_new_tokens=call.min_new_tokens):
             # A chunk may carry neither (the last one can only set finish_reason): not a token.
             if chunk.text or chunk.output_tokens > (tokens[-1] if tokens else 0):
                 times.append(clock())

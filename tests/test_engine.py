@@ -3,6 +3,7 @@ and sampling, cancellation and deadlines free rows, metrics, and draining on SIG
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,8 +18,10 @@ import pytest
 
 from seqcast.client import BeamSearch, Sampling, SeqcastClient, SeqcastError
 from seqcast.export.corpus import read_split
+from seqcast.v1 import seqcast_pb2 as pb
+from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
-from conftest import CORPUS
+from conftest import CORPUS, start_server
 
 TEXTS = [p.en for p in read_split(CORPUS, "test", 24)]
 TRANSLATORS = ["tiny-transformer", "tiny-gru"]
@@ -185,3 +188,33 @@ def test_sigterm_under_load_finishes_every_accepted_request(model_dir: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_burst_of_300_streams_is_admitted_as_far_as_the_rows_allow(model_dir: Path) -> None:
+    """300 streams opened at once: every one the batch can take is admitted (256 rows), and only
+    what can neither join nor wait (max_queued_requests 8) is refused, at once."""
+    srv = start_server(model_dir, max_batch_rows=256, max_queued_requests=8)
+    request = pb.TranslateRequest(model="tiny-transformer", texts=["Open the file"], max_new_tokens=48, min_new_tokens=48)
+
+    async def one(stub: pb_grpc.TranslationStub) -> str:
+        try:
+            chunks = [c async for c in stub.TranslateStream(request, timeout=120)]
+            return "OK" if chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH else "SHORT"
+        except grpc.aio.AioRpcError as e:
+            return e.code().name
+
+    async def burst() -> list[str]:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.TranslationStub(channel)
+            await channel.channel_ready()
+            return await asyncio.gather(*(one(stub) for _ in range(300)))
+
+    try:
+        outcomes = asyncio.run(burst())
+        counts = {o: outcomes.count(o) for o in set(outcomes)}
+        assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED"}, counts
+        assert counts["OK"] >= 256 + 8, counts
+        rows = srv.running.registry.models["tiny-transformer"].scheduler
+        assert rows.inflight == 0 and rows.queued == 0
+    finally:
+        srv.stop()
