@@ -1,15 +1,18 @@
-"""Serving benchmark: in-flight batching against no batching and static batching, and the
-server's overhead over the bare decoding loop, side by side in one run.
+"""Serving benchmark: in-flight batching against static and no batching, and the server against
+its own bare decoding loop, side by side in one run.
 
-Starts `seqcast serve` on the en-de bundle once per scheduling policy, each its own process (so
-the load generator does not share its interpreter; idle ones wait), and drives one at a time with
-N concurrent streaming clients (`seqcast.client.loadgen`) for T seconds, on real test-split
-sentences. Each cell runs `--rounds` times, the policies taking turns, and shows medians: the
-machines here are shared, and a neighbour's burst should slow every policy alike.
-Then measures end-to-end latency of single requests through the server against the same
-greedy decoding run directly on ONNX Runtime in this process.
+Starts `seqcast serve` on the en-de bundle once per scheduling policy, each its own process, and
+drives one at a time with N concurrent streaming clients (`seqcast.client.loadgen`) for T
+seconds, on real test-split sentences. With `--exact` (the default) every request decodes
+exactly `--max-new-tokens` tokens (min_new_tokens = max_new_tokens), so request lengths don't
+vary and the server can be held against the bare loop: the same greedy decoding run directly on
+ONNX Runtime at batch N, each cell in a fresh process, for the same time. Every cell runs
+`--rounds` times, the cells taking turns within a round (a neighbour's burst slows all alike),
+and the table shows medians with the range.
 
-    python bench/serving.py --duration 6 --warmup 1 --rounds 3 --concurrency 1 4 16 64
+    python bench/serving.py --duration 8 --warmup 2 --rounds 3 --concurrency 1 16 64
+
+Internally `--bare N` runs one bare-loop cell and prints its tokens/s.
 """
 
 from __future__ import annotations
@@ -56,118 +59,169 @@ def serve(policy: str, threads: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"the server did not start (exit code {proc.wait()})")
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def texts_for_bench() -> list[str]:
+    # Sentences, not labels: the longest test-split sources up to 200 characters.
+    texts = sorted((p.en for p in read_split(REPO / "data" / "en-de", "test")), key=len, reverse=True)[:300]
+    return [t for t in texts if len(t) <= 200]
+
+
+def bare_cell(batch: int, args: argparse.Namespace) -> float:
+    """Tokens/s of the bare loop: greedy batches of `batch` texts, each decoding exactly
+    max_new_tokens (end-of-sequence held back), for `duration` seconds after `warmup`."""
+    model = load_model(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
+    special = model.manifest.special_tokens
+    sources = model.codec.encode(texts_for_bench())
+    n, i = args.max_new_tokens, 0
+
+    def one_batch() -> int:
+        nonlocal i
+        group = [sources[(i + k) % len(sources)] for k in range(batch)]
+        i += batch
+        return sum(len(o) for o in greedy_tokens(model.runtime, special, group, n, min_new_tokens=n))
+
+    warm_until = time.perf_counter() + args.warmup
+    while time.perf_counter() < warm_until:
+        one_batch()
+    tokens, started = 0, time.perf_counter()
+    while time.perf_counter() - started < args.duration:
+        tokens += one_batch()
+    return tokens / (time.perf_counter() - started)
+
+
+def run_bare(batch: int, args: argparse.Namespace) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--bare", str(batch), "--duration", str(args.duration), "--warmup", str(args.warmup),
+         "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One policy at one concurrency: medians over the rounds."""
+    """One policy at one concurrency: medians (and min, max of tokens/s) over the rounds."""
 
     tokens_per_s: float
+    low: float
+    high: float
     ttft_p50_ms: float
     ttft_p99_ms: float
-    e2e_p50_ms: float
-    e2e_p99_ms: float
     requests: int
     errors: int
+    # Cores the server process used: its decoding thread, and every other thread together.
+    decode_cores: float = 0.0
+    other_cores: float = 0.0
 
 
-def _median(runs: list[LoadSummary], key: str) -> float:
-    return statistics.median(getattr(r, key) or 0.0 for r in runs)
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of process `pid`, by thread id (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
-def load_table(args: argparse.Namespace, texts: list[str]) -> dict[tuple[str, int], Cell]:
-    """Every policy at every concurrency, `rounds` times, the policies taking turns within a round
-    (so a noisy neighbour slows all of them alike); medians per cell."""
+def cpu_split(before: dict[int, float], after: dict[int, float], seconds: float) -> tuple[float, float]:
+    """Cores used over `seconds` by the busiest thread (the decoding thread: ONNX Runtime runs on
+    it with one intra-op thread) and by all the others (gRPC, the event loop, the task layer)."""
+    used = {t: after[t] - before.get(t, 0.0) for t in after}
+    top = max(used.values())
+    return top / seconds, (sum(used.values()) - top) / seconds
+
+
+def _cell(runs: list[LoadSummary]) -> Cell:
+    rates = [r.output_tokens_per_s or 0.0 for r in runs]
+    return Cell(statistics.median(rates), min(rates), max(rates),
+                statistics.median(r.ttft_p50_ms or 0.0 for r in runs), statistics.median(r.ttft_p99_ms or 0.0 for r in runs),
+                sum(r.completed for r in runs), sum(sum(r.errors.values()) for r in runs))
+
+
+def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[float]]]:
     servers = {policy: serve(policy, args.threads) for policy in POLICIES}
     runs: dict[tuple[str, int], list[LoadSummary]] = {}
+    bare: dict[int, list[float]] = {}
+    cpu: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    exact = args.max_new_tokens if args.exact else None
     try:
         for _, target in servers.values():
             with SeqcastClient(target) as client:
                 client.wait_ready(60)
+        kinds = (*POLICIES, "bare")
         for clients in args.concurrency:
             for r in range(args.rounds):
-                order = POLICIES[r % len(POLICIES):] + POLICIES[:r % len(POLICIES)]
-                for policy in order:
-                    s = run_load(servers[policy][1], clients, args.duration, max_new_tokens=args.max_new_tokens,
-                                 texts=texts, warmup=args.warmup, drain_timeout=120)
-                    runs.setdefault((policy, clients), []).append(s)
-                    print(f"  {clients:3d} clients, round {r + 1}, {policy:8s}: {s.output_tokens_per_s or 0:7,.0f} tokens/s",
-                          file=sys.stderr, flush=True)
+                for cell in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                    if cell == "bare":
+                        rate = run_bare(clients, args)
+                        bare.setdefault(clients, []).append(rate)
+                    else:
+                        pid = servers[cell][0].pid
+                        before, t0 = thread_cpu(pid), time.perf_counter()
+                        s = run_load(servers[cell][1], clients, args.duration, max_new_tokens=args.max_new_tokens,
+                                     min_new_tokens=exact, texts=texts, warmup=args.warmup, drain_timeout=120)
+                        split = cpu_split(before, thread_cpu(pid), time.perf_counter() - t0)
+                        runs.setdefault((cell, clients), []).append(s)
+                        cpu.setdefault((cell, clients), []).append(split)
+                        rate = s.output_tokens_per_s or 0
+                    print(f"  {clients:3d} clients, round {r + 1}, {cell:8s}: {rate:7,.0f} tokens/s", file=sys.stderr, flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=60)
-    cells = {key: Cell(_median(v, "output_tokens_per_s"), _median(v, "ttft_p50_ms"), _median(v, "ttft_p99_ms"),
-                       _median(v, "e2e_p50_ms"), _median(v, "e2e_p99_ms"), sum(r.completed for r in v),
-                       sum(sum(r.errors.values()) for r in v)) for key, v in runs.items()}
-    print("| policy | clients | requests | output tokens/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for policy in POLICIES:
-        for clients in args.concurrency:
-            c = cells[(policy, clients)]
-            print(f"| {policy} | {clients} | {c.requests} | {c.tokens_per_s:,.0f} | {c.ttft_p50_ms:.0f} | {c.ttft_p99_ms:.0f} | "
-                  f"{c.e2e_p50_ms:.0f} | {c.e2e_p99_ms:.0f} | {c.errors} |")
-    return cells
+    cells = {key: _cell(v) for key, v in runs.items()}
+    cells = {key: Cell(**{**c.__dict__, "decode_cores": statistics.median(d for d, _ in cpu[key]),
+                          "other_cores": statistics.median(o for _, o in cpu[key])}) for key, c in cells.items()}
+    return cells, bare
 
 
-def overhead(args: argparse.Namespace, texts: list[str]) -> None:
-    """Median end-to-end latency of one request through the server against the bare loop."""
-    model = load_model(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
-    special = model.manifest.special_tokens
-    sources = model.codec.encode(texts)
-    proc, target = serve("inflight", args.threads)
-    print("\n| text | new tokens | bare ONNX Runtime loop ms | through the server ms | server / bare |")
-    print("|---|---|---|---|---|")
-    ratios = []
-    try:
-        with SeqcastClient(target) as client:
-            client.wait_ready(60)
-            for text, source in zip(texts, sources):
-                tokens = greedy_tokens(model.runtime, special, [source], args.max_new_tokens)[0]
-                bare, served = [], []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    greedy_tokens(model.runtime, special, [source], args.max_new_tokens)
-                    bare.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    client.translate(text, max_new_tokens=args.max_new_tokens)
-                    served.append(time.perf_counter() - t0)
-                b, s = statistics.median(bare), statistics.median(served)
-                ratios.append(s / b)
-                print(f"| {text[:40]} | {len(tokens)} | {b * 1e3:.2f} | {s * 1e3:.2f} | {s / b:.2f} |", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    print(f"\nmedian server / bare ratio: {statistics.median(ratios):.2f}")
+def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[float]], args: argparse.Namespace) -> None:
+    print("| clients | bare loop tok/s (batch = clients) | in-flight tok/s | in-flight / bare | static tok/s | none tok/s "
+          "| in-flight / none | TTFT p50 ms in-flight / static / none | TTFT p99 ms in-flight / static / none | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n in args.concurrency:
+        i, s, z = (cells[(p, n)] for p in POLICIES)
+        b = statistics.median(bare[n])
+        print(f"| {n} | {b:,.0f} ({min(bare[n]):,.0f}-{max(bare[n]):,.0f}) | {i.tokens_per_s:,.0f} ({i.low:,.0f}-{i.high:,.0f}) "
+              f"| {i.tokens_per_s / b:.2f} | {s.tokens_per_s:,.0f} | {z.tokens_per_s:,.0f} | {i.tokens_per_s / max(z.tokens_per_s, 1e-9):.2f}x "
+              f"| {i.ttft_p50_ms:.0f} / {s.ttft_p50_ms:.0f} / {z.ttft_p50_ms:.0f} "
+              f"| {i.ttft_p99_ms:.0f} / {s.ttft_p99_ms:.0f} / {z.ttft_p99_ms:.0f} | {i.errors + s.errors + z.errors} |")
+    print("\nServer CPU during the in-flight cells (cores, medians): the decoding thread, and every other "
+          "thread (gRPC, the event loop, the task layer) together.\n")
+    print("| clients | decoding thread | other threads |")
+    print("|---|---|---|")
+    for n in args.concurrency:
+        c = cells[("inflight", n)]
+        print(f"| {n} | {c.decode_cores:.2f} | {c.other_cores:.2f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell (after warm-up)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per cell (after warm-up)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3, help="runs per cell; the table shows medians")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of the server")
-    parser.add_argument("--repeats", type=int, default=9, help="overhead: calls per text")
+    parser.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
+                        help="every request decodes exactly --max-new-tokens tokens (default on)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads, server and bare loop")
+    parser.add_argument("--bare", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    # Sentences, not labels: the 300 longest test-split sources (most UI labels decode in 2-5
-    # tokens, where per-request costs, not decoding, would dominate every policy alike).
-    texts = sorted((p.en for p in read_split(REPO / "data" / "en-de", "test")), key=len, reverse=True)[:300]
-    texts = [t for t in texts if len(t) <= 200]
-    print(f"serving benchmark: en-de bundle, greedy, up to {args.max_new_tokens} new tokens, {args.duration:.0f} s per run "
-          f"after {args.warmup:.0f} s warm-up, median of {args.rounds} runs per cell")
+    if args.bare:
+        print(bare_cell(args.bare, args))
+        return
+    texts = texts_for_bench()
+    lengths = f"exactly {args.max_new_tokens}" if args.exact else f"up to {args.max_new_tokens}"
+    print(f"serving benchmark: en-de bundle, greedy, {lengths} new tokens per request, {args.duration:.0f} s per cell "
+          f"after {args.warmup:.0f} s warm-up, median (min-max) of {args.rounds} rounds")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__}; "
-          f"server: {args.threads} intra-op thread(s)\n")
-    results = load_table(args, texts)
-    for clients in args.concurrency:
-        inflight, none, static = (results[(p, clients)] for p in ("inflight", "none", "static"))
-        if inflight.tokens_per_s and none.tokens_per_s:
-            print(f"\n{clients} clients: in-flight / no batching throughput {inflight.tokens_per_s / none.tokens_per_s:.2f}x; "
-                  f"TTFT p99 in-flight {inflight.ttft_p99_ms:.0f} ms vs static {static.ttft_p99_ms:.0f} ms")
-    overhead(args, texts[::40][:8])
+          f"{args.threads} intra-op thread(s)")
+    print("command: python bench/serving.py " + " ".join(sys.argv[1:]) + "\n")
+    cells, bare = measure(args, texts)
+    report(cells, bare, args)
 
 
 if __name__ == "__main__":
