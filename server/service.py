@@ -49,11 +49,14 @@ _STATUS: tuple[tuple[type[errors.ServingError], grpc.StatusCode], ...] = (
 
 
 def status_of(error: BaseException) -> grpc.StatusCode:
-    """The status code a request that raised `error` is answered with."""
+    """The status code a request that raised `error` is answered with (CANCELLED: the caller went
+    away, and gRPC cancelled the handler or closed its stream)."""
     for kind, code in _STATUS:
         if isinstance(error, kind):
             return code
-    return grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else grpc.StatusCode.INTERNAL
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
 
 
 def _model_label(registry: ModelRegistry, name: str, task: Task) -> str:
