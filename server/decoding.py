@@ -178,6 +178,35 @@ def take(batch: DecodeBatch, index: np.ndarray) -> DecodeBatch:
     )
 
 
+def fill_holes(batch: DecodeBatch, keep: list[int]) -> tuple[DecodeBatch, list[int]]:
+    """The rows `keep` (ascending) as the first len(keep) rows of the batch, in place: each row
+    that leaves from among them is overwritten by a kept row from the end. A departure copies one
+    row instead of the whole batch. Returns the batch (views of the leading rows) and, for each of
+    its rows, the row it was.
+    """
+    n = len(keep)
+    kept = set(keep)
+    holes = [r for r in range(n) if r not in kept]
+    movers = [r for r in keep if r >= n]
+    order = list(range(n))
+    for hole, mover in zip(holes, movers):
+        order[hole] = mover
+    dst, src = np.asarray(holes, dtype=np.int64), np.asarray(movers, dtype=np.int64)
+
+    def fill(x: np.ndarray) -> np.ndarray:
+        if len(dst):
+            x[dst] = x[src]
+        return x[:n]
+
+    return DecodeBatch(
+        static={k: fill(v) for k, v in batch.static.items()},
+        state={k: fill(v) for k, v in batch.state.items()},
+        past_mask=fill(batch.past_mask),
+        positions=fill(batch.positions),
+        feed=fill(batch.feed),
+    ), order
+
+
 def _pad_axis(x: np.ndarray, axis: int, size: int, left: bool) -> np.ndarray:
     """`x` zero-padded along `axis` to `size`, on the left or the right (np.pad is several times slower)."""
     missing = size - x.shape[axis]
@@ -223,12 +252,15 @@ def merge(a: DecodeBatch, b: DecodeBatch, spec: DecoderSpec) -> DecodeBatch:
 
 
 def trim(batch: DecodeBatch, spec: DecoderSpec) -> bool:
-    """Drops cache slots that no row uses any more (left by rows that have left the batch);
-    says whether there were any."""
+    """Drops the leading cache slots that no row uses any more (left by rows that have left the
+    batch) once they are a quarter of the cache: dropping them copies the whole cache, while
+    carrying a few masked slots costs little. Says whether it dropped any."""
     used = batch.past_mask.any(axis=0)
     if not used.size or used[0]:
         return False
     cut = int(used.argmax()) if used.any() else used.size
+    if cut < max(1, used.size // 4):
+        return False
     batch.past_mask = batch.past_mask[:, cut:]
     for s in spec.state:
         if s.seq_axis is not None:
@@ -311,15 +343,32 @@ class Decoder:
         if not index:
             self.batch = None
             return
+        dtype = self.batch.feed.dtype
         # Every row goes on in place (the common step): keep the arrays, no copy.
         unchanged = len(index) == len(self.batch) and index == list(range(len(index)))
-        kept = self.batch if unchanged else take(self.batch, np.asarray(index, dtype=np.int64))
+        if unchanged:
+            kept = self.batch
+        elif self._movable():
+            # Rows only left (no beam reordered its rows): fill their places from the end.
+            kept, order = fill_holes(self.batch, index)
+            position = {row: i for i, row in enumerate(index)}
+            self.active = [self.active[position[row]] for row in order]
+            if feeds is not None:
+                feeds = [feeds[position[row]] for row in order]
+        else:
+            kept = take(self.batch, np.asarray(index, dtype=np.int64))
         if feeds is not None:
-            kept.feed = np.array(feeds, dtype=self.batch.feed.dtype)
+            kept.feed = np.array(feeds, dtype=dtype)
         trimmed = trim(kept, self.runtime.decoder_spec)
         if trimmed or not unchanged:  # take and trim leave host arrays
             self._place(kept)
         self.batch = kept
+
+    def _movable(self) -> bool:
+        """Whether rows can move between places: state in host memory, every sequence one row."""
+        assert self.batch is not None
+        on_host = all(isinstance(v, np.ndarray) for v in [*self.batch.state.values(), *self.batch.static.values()])
+        return on_host and all(s.width == 1 for s in self.active)
 
     def _place(self, batch: DecodeBatch) -> None:
         """Moves host tensors of the batch to the runtime's device, where it keeps state."""
