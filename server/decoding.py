@@ -1,5 +1,8 @@
 """The decoding loop: encode once, then one decoder step for the whole batch until all rows end.
 
+Builds on a runtime (`seqcast.server.runtime.OnnxModel`: ONNX Runtime sessions) and on the
+strategies (`seqcast.server.strategies`); the scheduler (`seqcast.server.scheduler`) drives it.
+
 The loop knows nothing of transformers, RNNs, tokens or values. The manifest says which
 decoder inputs are state (fed back from an output each step: the KV cache, or `h` and `c`),
 which are static (encoder outputs, the source mask) and whether the decoder takes positions and
@@ -7,6 +10,8 @@ a mask over the cache. What a step chooses is up to each sequence's strategy
 (`seqcast.server.strategies`: greedy, sampling, beam search, forecasting), which sees only its
 own rows. Sequences join between steps and leave as soon as they finish (`Decoder`), so rows at
 different positions share one step: that is in-flight batching, and the scheduler drives it.
+When rows leave and every sequence is one row in host memory, the rows from the end of the batch
+move into their places (`fill_holes`), so a departure copies a row, not the batch.
 
 Any object with the graph specs, `encode(source, mask)` and `step(feeds)` can drive it: the
 server's `OnnxModel`, PyTorch behind the same interface at export, or a scripted runtime in unit
