@@ -31,7 +31,6 @@ from numbers import Real
 from typing import Any
 
 import grpc
-import numpy as np
 from aiohttp import web
 
 from seqcast.server import forecasting, metrics, translation
@@ -238,7 +237,7 @@ class HttpFrontEnd:
         point = spec.columns.index(spec.point)
         outputs = []
         for item, result in zip(inputs, results):
-            columns = result.columns.astype(np.float32)  # what the native API sends (protobuf floats)
+            columns = result.columns
             content: dict[str, Any] = {
                 "type": "univariate_time_series",
                 "name": item.name,

@@ -22,6 +22,7 @@ Tensors by task (N rows, T values per series, H horizon, Q quantile levels):
                     response parameters point ("median" | "mean") and quantile_levels
                     ("0.1,0.2,...", the order of the Q axis)
                parameters horizon (required)
+               (the native API carries doubles; these FP32 tensors carry them rounded to float32)
 
 Streaming (`ModelStreamInfer`): requests on one stream run concurrently; a translation answers
 with one response per delivery of tokens, each holding every text's new piece ("" for a text
