@@ -63,20 +63,27 @@ _STEP = {"S": timedelta(seconds=1), "T": timedelta(minutes=1), "H": timedelta(ho
          "W": timedelta(weeks=1)}
 _MONTHS = {"M": 1, "Q": 3, "Y": 12}
 
-Handler = Callable[["HttpFrontEnd", web.Request], Awaitable[Any]]
+@dataclass
+class Call:
+    """What the edge learns from a handler: the model the request went to (its metrics label)."""
+
+    model: str = "unknown"
+
+
+Handler = Callable[["HttpFrontEnd", web.Request, Call], Awaitable[Any]]
 
 
 def _edge(method: str, style: str) -> Callable[[Handler], Callable[["HttpFrontEnd", web.Request], Awaitable[web.Response]]]:
     """Wraps a handler that returns a JSON-able reply: errors to HTTP statuses and bodies of the
     endpoint's `style` ("libretranslate" or "kserve"), duration and code to metrics under
-    `method`. The handler stores the model it chose in `request["model"]`."""
+    `method`. The handler records the model it chose in its `Call`."""
 
     def wrap(handler: Handler) -> Callable[["HttpFrontEnd", web.Request], Awaitable[web.Response]]:
         @functools.wraps(handler)
         async def edge(self: HttpFrontEnd, request: web.Request) -> web.Response:
-            started, code = time.perf_counter(), grpc.StatusCode.OK
+            started, code, call = time.perf_counter(), grpc.StatusCode.OK, Call()
             try:
-                return web.json_response(await handler(self, request))
+                return web.json_response(await handler(self, request, call))
             except web.HTTPException as e:  # aiohttp's own refusals (body too large, ...)
                 code = grpc.StatusCode.INVALID_ARGUMENT if e.status < 500 else grpc.StatusCode.INTERNAL
                 raise
@@ -89,8 +96,7 @@ def _edge(method: str, style: str) -> Callable[[Handler], Callable[["HttpFrontEn
                 code = status_of(e)  # cancelled: the client went away
                 raise
             finally:
-                model = request.get("model", "unknown")
-                metrics.observe_request(model, method, code, time.perf_counter() - started)
+                metrics.observe_request(call.model, method, code, time.perf_counter() - started)
 
         return edge
 
@@ -182,7 +188,7 @@ class HttpFrontEnd:
         raise InvalidArgument(f"no model translates {source!r} to {target!r}; available: {available}", "target")
 
     @_edge("http.translate", "libretranslate")
-    async def translate(self, request: web.Request) -> dict[str, Any]:
+    async def translate(self, request: web.Request, call: Call) -> dict[str, Any]:
         """LibreTranslate's `POST /translate`: `q` a string or a list of strings."""
         body = await read_body(request)
         q = body.get("q")
@@ -198,7 +204,7 @@ class HttpFrontEnd:
         if form != "text":
             raise InvalidArgument(f'format must be "text", got {form!r}', "format")
         model, auto = self._pick(body.get("source"), body.get("target"))
-        request["model"] = model.name
+        call.model = model.name
         try:
             job = translation.prepare(model, texts, None, self.settings, None)
         except InvalidArgument as e:
@@ -211,14 +217,14 @@ class HttpFrontEnd:
         return reply
 
     @_edge("http.forecast", "kserve")
-    async def forecast(self, request: web.Request) -> dict[str, Any]:
+    async def forecast(self, request: web.Request, call: Call) -> dict[str, Any]:
         """`POST /v1/timeseries/forecast`, KServe's time-series forecast shape (docs in README)."""
         body = await read_body(request)
         name = body.get("model", "")
         if not isinstance(name, str):
             raise InvalidArgument("model must be a string: a forecast model's name (empty: the default)", "model")
         model = self.registry.get(name, "forecast")
-        request["model"] = model.name
+        call.model = model.name
         inputs = _inputs(body.get("inputs"))
         options = body.get("options", {})
         if not isinstance(options, dict):
