@@ -76,12 +76,15 @@ def serve(threads: int) -> tuple[subprocess.Popen, str, int]:
     raise RuntimeError(f"the server did not start (exit code {proc.wait()})")
 
 
-def native_caller(address: str) -> Callable[[str], str]:
+Caller = tuple[Callable[[str], str], Callable[[], None]]  # (translate one text, close the connection)
+
+
+def native_caller(address: str) -> Caller:
     client = SeqcastClient(address)
-    return lambda text: client.translate([text])[0].text
+    return (lambda text: client.translate([text])[0].text), client.close
 
 
-def kserve_caller(address: str) -> Callable[[str], str]:
+def kserve_caller(address: str) -> Caller:
     client = triton.InferenceServerClient(address)
 
     def call(text: str) -> str:
@@ -89,10 +92,10 @@ def kserve_caller(address: str) -> Callable[[str], str]:
         tensor.set_data_from_numpy(np.array([text.encode()], dtype=object))
         return client.infer("en-de", [tensor]).as_numpy("translation")[0].decode()
 
-    return call
+    return call, client.close
 
 
-def http_caller(port: int) -> Callable[[str], str]:
+def http_caller(port: int) -> Caller:
     connection = http.client.HTTPConnection("127.0.0.1", port)  # keep-alive, as a real client would
 
     def call(text: str) -> str:
@@ -103,7 +106,7 @@ def http_caller(port: int) -> Callable[[str], str]:
         assert response.status == 200, reply
         return reply["translatedText"]
 
-    return call
+    return call, connection.close
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,11 @@ class Cell:
     requests: int
 
 
-def run_cell(make: Callable[[], Callable[[str], str]], concurrency: int, duration: float, tokens: dict[str, int],
+def run_cell(make: Callable[[], Caller], concurrency: int, duration: float, tokens: dict[str, int],
              expected: dict[str, str]) -> Cell:
     """`concurrency` closed-loop clients for `duration` seconds; every answer is checked."""
-    callers = [make() for _ in range(concurrency)]
+    made = [make() for _ in range(concurrency)]
+    callers = [call for call, _ in made]
     for call in callers:  # connect and warm each connection outside the clock
         call(SENTENCES[0])
     latencies: list[list[float]] = [[] for _ in callers]
@@ -146,6 +150,8 @@ def run_cell(make: Callable[[], Callable[[str], str]], concurrency: int, duratio
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    for _, close in made:
+        close()
     all_latencies = np.array([x for per in latencies for x in per]) * 1000
     return Cell(sum(done_tokens) / elapsed, float(np.percentile(all_latencies, 50)), float(np.percentile(all_latencies, 99)),
                 len(all_latencies))
