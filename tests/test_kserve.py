@@ -109,6 +109,8 @@ def test_forecast_equals_the_native_api(triton: dict[str, Any], native: SeqcastC
     assert got["quantiles"] == fp32([[f.quantiles[q] for q in levels] for f in expected.forecasts])
     assert got["context_used"] == [f.context_used for f in expected.forecasts]
     assert got["point_kind"] == expected.point == "median"
+    # Without `lengths` every row is whole (the README's example).
+    assert triton["readme_forecast"] == [[1, 4], [1, 9, 4]]
 
 
 def test_stream_pieces_join_to_the_unary_result(triton: dict[str, Any]) -> None:

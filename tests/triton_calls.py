@@ -115,6 +115,10 @@ def main() -> None:
         "levels": parameters["quantile_levels"].string_param,
         "point_kind": parameters["point"].string_param,
     }
+    # The README's example: one series, no lengths.
+    readme = tensor("series", "FP32", np.arange(1, 13, dtype=np.float32)[None, :])
+    shown = client.infer(FORECAST, [readme], parameters={"horizon": 4})
+    out["readme_forecast"] = [list(shown.as_numpy("point").shape), list(shown.as_numpy("quantiles").shape)]
     out["stream"] = stream(client, texts)
     bad = {
         "text_int32": lambda: client.infer(TRANSLATION, [tensor("text", "INT32", np.array([1, 2], dtype=np.int32))]),
