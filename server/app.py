@@ -1,4 +1,5 @@
-"""Assembling the gRPC server: servicers, per-model health, reflection; and running it.
+"""Assembling the server: the native and KServe v2 gRPC servicers, per-model health,
+reflection, the optional HTTP/JSON front end on the same event loop; and running it.
 
 `create_server` is what tests use: it binds (port 0 picks a free port) and returns the started
 server with its port. `serve` is the long-running front end: load bundles, start, log where it
@@ -19,7 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from seqcast.inference import grpc_service_pb2 as inference_pb
+from seqcast.inference import grpc_service_pb2_grpc as inference_grpc
 from seqcast.server import metrics
+from seqcast.server.http import HttpServer, start_http
+from seqcast.server.kserve import InferenceServicer
 from seqcast.server.metrics import MetricsServer
 from seqcast.server.models import ModelRegistry
 from seqcast.server.runtime import RuntimeOptions
@@ -40,16 +45,27 @@ class RunningServer:
     metrics: MetricsServer | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    inference: InferenceServicer | None = None  # KServe v2; its readiness follows health
+    http: HttpServer | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
 
     async def set_health(self, status: int) -> None:
         """Health of the whole server (""), of every model by name, and of every service."""
         for service in ["", *self.registry.models, *_SERVICES]:
             await self.health.set(service, status)
+        if self.inference is not None:
+            self.inference.ready = status == health_pb2.HealthCheckResponse.SERVING
 
     async def stop(self, grace: float | None) -> None:
         """Health NOT_SERVING, no new calls, running calls finish within `grace`, then models close."""
         await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
+        else:
+            await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(None)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
@@ -59,7 +75,10 @@ class RunningServer:
             self.metrics.stop()
 
 
-_SERVICES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Forecasting", "Models")]
+_SERVICES = [
+    *(pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Forecasting", "Models")),
+    inference_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+]
 
 
 def runtime_options(settings: ServerSettings) -> RuntimeOptions:
@@ -94,6 +113,8 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
     pb_grpc.add_ForecastingServicer_to_server(ForecastingServicer(registry, settings), server)
     pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
+    inference = InferenceServicer(registry, settings)
+    inference_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -113,7 +134,8 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     exporter = None
     if settings.metrics_port is not None:
         exporter = metrics.start_metrics_server(settings.metrics_host, settings.metrics_port)
-    running = RunningServer(server, port, registry, health_servicer, exporter, health_server, health_port)
+    http = await start_http(registry, settings) if settings.http_port is not None else None
+    running = RunningServer(server, port, registry, health_servicer, exporter, health_server, health_port, inference, http)
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
     return running
 
@@ -130,6 +152,8 @@ async def serve(settings: ServerSettings) -> None:
     print(f"seqcast listening on {address}{tls}", flush=True)
     if running.health_port is not None:
         print(f"  health (plaintext): {settings.host}:{running.health_port}", flush=True)
+    if running.http is not None:
+        print(f"  HTTP/JSON: http://{settings.http_host}:{running.http.port}/translate", flush=True)
     if running.metrics is not None:
         print(f"  metrics: http://{settings.metrics_host}:{running.metrics.port}/metrics", flush=True)
     print(f"  try: seqcast-client --target {address} translate \"Save changes\"", flush=True)

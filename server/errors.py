@@ -9,7 +9,16 @@ class ServingError(Exception):
 
 
 class InvalidArgument(ServingError):
-    """The request is malformed or outside the model's limits."""
+    """The request is malformed or outside the model's limits.
+
+    `field` names the offending request field in the native API's terms ("texts[2]",
+    "max_new_tokens", "series[0].values[5]", "horizon"), for front ends whose errors name fields
+    in their own terms; None when no single field is at fault.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ModelNotFound(ServingError):

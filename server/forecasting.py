@@ -56,12 +56,13 @@ def _check_values(index: int, values: np.ndarray) -> None:
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         j = int(bad[0])
-        raise InvalidArgument(f"series[{index}].values[{j}] is {values[j]}: every value must be a finite number")
+        raise InvalidArgument(f"series[{index}].values[{j}] is {values[j]}: every value must be a finite number", f"series[{index}].values[{j}]")
     huge = np.flatnonzero(np.abs(values) > MAX_ABS_VALUE)
     if huge.size:
         j = int(huge[0])
         raise InvalidArgument(
-            f"series[{index}].values[{j}] is {values[j]:g}: values must lie within ±{MAX_ABS_VALUE:g}; check the units"
+            f"series[{index}].values[{j}] is {values[j]:g}: values must lie within ±{MAX_ABS_VALUE:g}; check the units",
+            f"series[{index}].values[{j}]",
         )
 
 
@@ -83,20 +84,20 @@ def prepare(
     spec, name, scaler = model.manifest.forecast, model.name, model.scaler
     assert spec is not None and scaler is not None  # the registry hands out forecast models only
     if not series:
-        raise InvalidArgument("series is empty: send at least one series to forecast")
+        raise InvalidArgument("series is empty: send at least one series to forecast", "series")
     if len(series) > settings.max_series_per_request:
         raise InvalidArgument(
-            f"{len(series)} series in one request; at most {settings.max_series_per_request} are accepted: split the request"
+            f"{len(series)} series in one request; at most {settings.max_series_per_request} are accepted: split the request", "series"
         )
     if not 1 <= horizon <= spec.max_horizon:
-        raise InvalidArgument(f"horizon must be between 1 and {spec.max_horizon} for model {name}, got {horizon}")
+        raise InvalidArgument(f"horizon must be between 1 and {spec.max_horizon} for model {name}, got {horizon}", "horizon")
     contexts, scales = [], []
     for i, raw in enumerate(series):
         values = np.asarray(raw, dtype=np.float64)
         if len(values) < spec.min_context:
             raise InvalidArgument(
                 f"series[{i}] has {len(values)} values; model {name} needs at least {spec.min_context} "
-                f"(it uses the last {spec.context_length})"
+                f"(it uses the last {spec.context_length})", f"series[{i}].values",
             )
         _check_values(i, values)
         context, scale = scaled_context(values, spec, scaler)

@@ -32,7 +32,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 REQUEST_DURATION = Histogram(
     "seqcast_request_duration_seconds",
-    "End-to-end server time of a request, by gRPC method and status code.",
+    "End-to-end server time of a request, by method (gRPC method or HTTP endpoint) and status code.",
     ["model", "method", "code"], buckets=LATENCY_BUCKETS,
 )
 QUEUE_DURATION = Histogram(
@@ -102,7 +102,8 @@ _ALL: tuple[tuple[Histogram | Counter | Gauge, tuple[str, ...]], ...] = (
 
 
 def observe_request(model: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
-    """One finished request: `method` is the RPC name ("Translate"), `code` its status."""
+    """One finished request: `method` is the RPC name ("Translate", "ModelInfer") or the HTTP
+    endpoint ("http.translate"), `code` its status (over HTTP: the status the same error gets over gRPC)."""
     REQUEST_DURATION.labels(model, method, code.name).observe(seconds)
 
 

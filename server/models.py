@@ -166,7 +166,7 @@ class ModelRegistry:
             raise ModelNotFound(f"{task} model {name!r} is not loaded; loaded {task} models: {loaded or 'none'}") from None
         if model.manifest.task != task:
             other = "Forecasting.Forecast" if model.manifest.task == "forecast" else "Translation.Translate"
-            raise InvalidArgument(f"model {name!r} is a {model.manifest.task} model: call {other} with it, or name a {task} model")
+            raise InvalidArgument(f"model {name!r} is a {model.manifest.task} model: call {other} with it, or name a {task} model", "model")
         return model
 
     def close(self) -> None:

@@ -71,7 +71,10 @@ class _Servicer:
     task: Task
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+async def abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    """Ends a call that raised `error` with its status code and message (INTERNAL with the
+    traceback logged for a bug); does nothing when the caller is gone. Every gRPC front end
+    ends its failed calls here."""
     code = status_of(error)
     if code is grpc.StatusCode.CANCELLED:
         return  # the caller is gone; nobody reads a status
@@ -101,7 +104,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
                         yield message
             except BaseException as e:
                 code = status_of(e)
-                await _abort(context, e, name)
+                await abort(context, e, name)
                 raise
             finally:
                 observe(self, request, started, code)
@@ -115,7 +118,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
             return await method(self, request, context)
         except BaseException as e:
             code = status_of(e)
-            await _abort(context, e, name)
+            await abort(context, e, name)
             raise
         finally:
             observe(self, request, started, code)

@@ -29,6 +29,14 @@ class ServerSettings(BaseSettings):
     # Prometheus metrics (`/metrics`) over HTTP, on its own port.
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus /metrics endpoint")
     metrics_port: int | None = Field(9464, ge=0, le=65535, description="port of the /metrics endpoint; 0 picks a free one")
+    # The HTTP/JSON front end (LibreTranslate /translate and /languages, /v1/timeseries/forecast).
+    # Off by default: it is a second, plaintext listener that the tls_* settings do not cover.
+    http_host: str = Field("127.0.0.1", description="address of the HTTP/JSON front end")
+    http_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="serve the HTTP/JSON front end (LibreTranslate /translate, /languages, /v1/timeseries/forecast) "
+        "on this port, plaintext; unset: off; 0 picks a free one",
+    )
     health_port: int | None = Field(
         None, ge=0, le=65535,
         description="also serve grpc.health.v1 in plaintext on this port, for probes that can't speak TLS",

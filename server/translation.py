@@ -71,35 +71,36 @@ def prepare(
     """Checks a request against the settings and the model's limits; raises InvalidArgument."""
     name, most = model.name, model.manifest.max_new_tokens
     if not texts:
-        raise InvalidArgument("texts is empty: send at least one text to translate")
+        raise InvalidArgument("texts is empty: send at least one text to translate", "texts")
     if len(texts) > settings.max_texts_per_request:
-        raise InvalidArgument(f"{len(texts)} texts in one request; at most {settings.max_texts_per_request} are accepted: split the request")
+        raise InvalidArgument(f"{len(texts)} texts in one request; at most {settings.max_texts_per_request} are accepted: split the request", "texts")
     for i, text in enumerate(texts):
         if not text.strip():
-            raise InvalidArgument(f"texts[{i}] is empty: every text must contain something to translate")
+            raise InvalidArgument(f"texts[{i}] is empty: every text must contain something to translate", f"texts[{i}]")
         if len(text) > settings.max_input_chars:
             raise InvalidArgument(
                 f"texts[{i}] has {len(text)} characters; at most {settings.max_input_chars} are accepted: "
-                "split the text into sentences and send them as separate texts"
+                "split the text into sentences and send them as separate texts", f"texts[{i}]",
             )
     if max_new_tokens is not None and not 1 <= max_new_tokens <= most:
-        raise InvalidArgument(f"max_new_tokens must be between 1 and {most} for model {name}, got {max_new_tokens}")
+        raise InvalidArgument(f"max_new_tokens must be between 1 and {most} for model {name}, got {max_new_tokens}", "max_new_tokens")
     limit = max_new_tokens or most
     if min_new_tokens is not None and not 0 <= min_new_tokens <= limit:
-        raise InvalidArgument(f"min_new_tokens must be between 0 and max_new_tokens ({limit}), got {min_new_tokens}")
+        raise InvalidArgument(f"min_new_tokens must be between 0 and max_new_tokens ({limit}), got {min_new_tokens}", "min_new_tokens")
     strategy = check_strategy(strategy, settings)
     rows = len(texts) * (strategy.beam_size if isinstance(strategy, BeamSearch) else 1)
     if model.scheduler is not None and rows > model.scheduler.limits.max_batch_rows:
         raise InvalidArgument(
             f"the request needs {rows} decoding rows; model {name} decodes at most "
-            f"{model.scheduler.limits.max_batch_rows} at once: send fewer texts or a smaller beam"
+            f"{model.scheduler.limits.max_batch_rows} at once: send fewer texts or a smaller beam", "texts"
         )
     sources = model.codec.encode(texts)
     for i, ids in enumerate(sources):
         if len(ids) > model.manifest.max_source_tokens:
             raise InvalidArgument(
                 f"texts[{i}] is {len(ids)} tokens long; model {name} accepts at most "
-                f"{model.manifest.max_source_tokens}: split the text into sentences and send them as separate texts"
+                f"{model.manifest.max_source_tokens}: split the text into sentences and send them as separate texts",
+                f"texts[{i}]",
             )
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     return TranslateJob(model, sources, [limit] * len(texts), deadline, strategy, min_new_tokens or 0)
@@ -109,16 +110,16 @@ def check_strategy(strategy: Strategy, settings: ServerSettings) -> Strategy:
     """Refuses settings a strategy cannot decode with; raises InvalidArgument naming the field."""
     if isinstance(strategy, BeamSearch):
         if not 1 <= strategy.beam_size <= settings.max_beam_size:
-            raise InvalidArgument(f"beam_search.beam_size must be between 1 and {settings.max_beam_size}, got {strategy.beam_size}")
+            raise InvalidArgument(f"beam_search.beam_size must be between 1 and {settings.max_beam_size}, got {strategy.beam_size}", "decoding.beam_search.beam_size")
         if not 0 <= strategy.length_penalty <= 10:
-            raise InvalidArgument(f"beam_search.length_penalty must be between 0 and 10, got {strategy.length_penalty}")
+            raise InvalidArgument(f"beam_search.length_penalty must be between 0 and 10, got {strategy.length_penalty}", "decoding.beam_search.length_penalty")
     if isinstance(strategy, Sampling):
         if not 0 < strategy.temperature <= 100:
-            raise InvalidArgument(f"sampling.temperature must be above 0 and at most 100, got {strategy.temperature}")
+            raise InvalidArgument(f"sampling.temperature must be above 0 and at most 100, got {strategy.temperature}", "decoding.sampling.temperature")
         if strategy.top_k < 0:
-            raise InvalidArgument(f"sampling.top_k must be 0 (no limit) or more, got {strategy.top_k}")
+            raise InvalidArgument(f"sampling.top_k must be 0 (no limit) or more, got {strategy.top_k}", "decoding.sampling.top_k")
         if not 0 < strategy.top_p <= 1:
-            raise InvalidArgument(f"sampling.top_p must be above 0 and at most 1, got {strategy.top_p}")
+            raise InvalidArgument(f"sampling.top_p must be above 0 and at most 1, got {strategy.top_p}", "decoding.sampling.top_p")
     return strategy
 
 

@@ -74,6 +74,15 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
+def committed_models(target: Path, names: tuple[str, ...] = ("en-de", "tourism")) -> Path:
+    """A model directory under `target` linking the committed bundles `names` (models/<name>/):
+    a real server in seconds, without the session's trained models."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (target / name).symlink_to(REPO / "models" / name, target_is_directory=True)
+    return target
+
+
 def start_server(model_dir: Path, **overrides: object) -> ServerThread:
     settings = {"default_model": "tiny-transformer", "default_forecast_model": "tiny-forecast-transformer",
                 "metrics_port": 0, **overrides}
