@@ -55,7 +55,6 @@ def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 
     sources = encode_sources(model.codec.tokenizer, texts, model.manifest.max_source_tokens)
     log.info("translating %d texts with %s", len(texts), model.name)
     outputs = greedy_tokens(model.runtime, model.manifest.special_tokens, sources, model.manifest.max_new_tokens, batch_size)
-    model.worker.shutdown()
     return [model.codec.decode(o) for o in outputs]
 
 

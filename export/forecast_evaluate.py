@@ -113,7 +113,6 @@ def evaluate_forecasts(bundles: list[Path], data: str) -> tuple[ForecastTask, in
         if spec is None or spec.max_horizon < task.horizon or spec.frequency != series.frequency:
             raise ValueError(f"{path} is not a forecast bundle for {data} (horizon {task.horizon}, frequency {series.frequency})")
         forecasts.append(bundle_forecasts(model, items, task.horizon))
-        model.worker.shutdown()
     return task, len(items), score(task, items, series.season_length, forecasts)
 
 
