@@ -1,0 +1,193 @@
+"""The quality guard for precision variants: a converted bundle against the float32 bundle it came from.
+
+Builds on the scoring code of `evaluate` (chrF and BLEU with sacrebleu, decoded through the
+server's loop) and `forecast_evaluate` (MASE on held-out test windows). Both bundles are scored
+on the same items the same way; past the bar the variant is refused, as export refuses a bundle
+whose parity fails:
+
+* translation: chrF on the test split may drop by at most `max_chrf_drop` points (0.5). Beside
+  it, teacher-forced log-probabilities: both decoders read the reference translation in one
+  step, and the log-probability each gives every reference token is compared (max and mean
+  |delta log p|);
+* forecast: mean MASE over the task's test windows may grow by at most `max_mase_increase`
+  (0.01, that is 1% relative).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from seqcast.export.corpus import Pair, read_split
+from seqcast.export.evaluate import corpus_scores, translate
+from seqcast.export.forecast_data import TASKS, windows
+from seqcast.export.forecast_evaluate import bundle_forecasts, window_mase
+from seqcast.server.manifest import Manifest, Quality
+from seqcast.server.models import LoadedModel
+from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.server.scaling import MeanAbsScaler
+from seqcast.server.text import TextCodec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = Path("data/en-de")
+
+
+class QualityError(Exception):
+    """A precision variant scored past the bar against its float32 source; it must not be written."""
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    # Translation: the most chrF points a variant may lose against its source.
+    max_chrf_drop: float = 0.5
+    # Forecast: the most relative MASE increase (0.01 = 1%).
+    max_mase_increase: float = 0.01
+    # Score only the first `limit` test sentences or windows (None: the whole split).
+    limit: int | None = None
+    # Translation test split; default: the source's training corpus, else data/en-de.
+    corpus: Path | None = None
+    threads: int = 2
+
+
+def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> LoadedModel:
+    """A bundle directory's graphs and tokenizer or scaler, as the server loads them, described by
+    `manifest` (which need not be written yet: a bundle being built is checked before that)."""
+    runtime = OnnxModel.from_manifest(bundle_dir, manifest, RuntimeOptions(device="cpu", intra_op_threads=threads))
+    if manifest.forecast is not None:
+        return LoadedModel(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
+    return LoadedModel(bundle_dir, manifest, runtime, TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos), None)
+
+
+def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
+    corpus = bar.corpus or Path(str(manifest.training.get("corpus") or DEFAULT_CORPUS))
+    if not (corpus / "test.jsonl.gz").exists():
+        raise QualityError(
+            f"no test split to check quality against: {corpus}/test.jsonl.gz is missing; pass --corpus with a "
+            f"{manifest.source_language}-{manifest.target_language} corpus directory"
+        )
+    return corpus, read_split(corpus, "test", bar.limit)
+
+
+def _reference_logp(model: LoadedModel, source: list[int], target: list[int]) -> np.ndarray:
+    """log p of each target token (T,) with the reference prefix fed in one decoder call
+    (teacher forcing: bos + target[:-1] in, target out)."""
+    manifest, spec = model.manifest, model.manifest.decoder
+    src = np.array([source], dtype=np.int64)
+    mask = np.ones_like(src)
+    encoded = model.runtime.encode(src, mask)
+    encoded[manifest.encoder.attention_mask] = mask
+    prefix = np.array([[manifest.special_tokens.bos, *target[:-1]]], dtype=np.int64)
+    shapes = {t.name: t.shape for t in spec.inputs}
+    feeds: dict[str, np.ndarray] = {spec.feed: prefix, **{s.input: encoded[s.source] for s in spec.static}}
+    for s in spec.state:
+        if s.init == "encoder":
+            feeds[s.input] = encoded[s.source]
+        else:
+            dims = [1 if a == 0 else 0 if a == s.seq_axis else d for a, d in enumerate(shapes[s.input])]
+            feeds[s.input] = np.zeros(dims, dtype=np.float32)
+    if spec.position_ids:
+        feeds[spec.position_ids] = np.arange(prefix.shape[1], dtype=np.int64)[None, :]
+    if spec.attention_mask:
+        feeds[spec.attention_mask] = np.ones_like(prefix)
+    logits = model.runtime.step(feeds)[spec.output][0].astype(np.float64)  # (T, vocab)
+    top = logits.max(axis=-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    return logp[np.arange(len(target)), target]
+
+
+def _token_ids(model: LoadedModel, text: str, limit: int) -> list[int]:
+    ids = model.codec.tokenizer.encode(text, add_special_tokens=False).ids
+    return ids[: limit - 1] + [model.manifest.special_tokens.eos]
+
+
+def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs: list[Pair]) -> np.ndarray:
+    """|log p_reference - log p_candidate| of every reference token of every pair (teacher forced)."""
+    manifest = reference.manifest
+    deltas = []
+    for pair in tqdm(pairs, desc="teacher-forced log p", unit="sentence", leave=False):
+        source = _token_ids(reference, pair.en, manifest.max_source_tokens)
+        target = _token_ids(reference, pair.de, manifest.max_new_tokens)
+        deltas.append(np.abs(_reference_logp(reference, source, target) - _reference_logp(candidate, source, target)))
+    return np.concatenate(deltas)
+
+
+def translation_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+    corpus, pairs = _test_pairs(reference.manifest, bar)
+    references = [p.de for p in pairs]
+    scores = []
+    for model in (reference, candidate):
+        started = time.perf_counter()
+        hypotheses = translate(model, [p.en for p in pairs])
+        scores.append(corpus_scores(model.name, hypotheses, references, time.perf_counter() - started))
+    deltas = teacher_forced_deltas(reference, candidate, pairs)
+    return Quality(
+        metric="chrF",
+        bar=bar.max_chrf_drop,
+        split=f"{corpus}/test",
+        items=len(pairs),
+        subset=bar.limit is not None and len(pairs) >= bar.limit,
+        reference=round(scores[0].chrf, 3),
+        value=round(scores[1].chrf, 3),
+        passed=scores[0].chrf - scores[1].chrf <= bar.max_chrf_drop,
+        bleu_reference=round(scores[0].bleu, 3),
+        bleu=round(scores[1].bleu, 3),
+        max_abs_delta_logp=float(deltas.max()),
+        mean_abs_delta_logp=float(deltas.mean()),
+        teacher_forced_tokens=int(deltas.size),
+    )
+
+
+def forecast_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+    data = str(reference.manifest.training.get("data") or "")
+    if data not in TASKS:
+        raise QualityError(f"the source bundle names no known forecast data set (training.data = {data!r}); "
+                           f"known: {sorted(TASKS)}")
+    task = TASKS[data]
+    series = task.load()
+    items = windows(task, series, "test")[: bar.limit]
+    mean = [
+        float(window_mase(task, items, series.season_length, bundle_forecasts(m, items, task.horizon).point).mean())
+        for m in (reference, candidate)
+    ]
+    return Quality(
+        metric="MASE",
+        bar=bar.max_mase_increase,
+        split=f"{data} test windows",
+        items=len(items),
+        subset=bar.limit is not None and len(items) >= bar.limit,
+        reference=mean[0],
+        value=mean[1],
+        passed=mean[1] <= mean[0] * (1 + bar.max_mase_increase),
+    )
+
+
+def describe(quality: Quality) -> str:
+    if quality.metric == "chrF":
+        return (
+            f"chrF {quality.value:.2f} against {quality.reference:.2f} for float32 (drop {quality.reference - quality.value:+.2f}, "
+            f"bar {quality.bar}), BLEU {quality.bleu:.2f} against {quality.bleu_reference:.2f}, "
+            f"teacher-forced max |delta log p| {quality.max_abs_delta_logp:.3f} (mean {quality.mean_abs_delta_logp:.4f}) "
+            f"on {quality.items} sentences of {quality.split}"
+        )
+    change = quality.value / quality.reference - 1 if quality.reference else float("inf")
+    return (
+        f"MASE {quality.value:.4f} against {quality.reference:.4f} for float32 ({change:+.2%}, bar {quality.bar:.0%}) "
+        f"on {quality.items} windows of {quality.split}"
+    )
+
+
+def check_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+    """Scores both; raises QualityError with the figures when the candidate is past the bar."""
+    started = time.perf_counter()
+    check = forecast_quality if reference.manifest.task == "forecast" else translation_quality
+    quality = check(reference, candidate, bar)
+    log.info("quality %s: %s (%.0f s)", "ok" if quality.passed else "FAILED", describe(quality), time.perf_counter() - started)
+    if not quality.passed:
+        raise QualityError(f"quality guard failed: {describe(quality)}")
+    return quality
