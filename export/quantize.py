@@ -114,11 +114,16 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
+# Ops that compute with weights (MatMuls in every form, embedding lookups, recurrent cells).
+_WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "MatMulNBits", "Gather", "LSTM", "DynamicQuantizeLSTM", "GRU"}
+
+
 def ops_reading(model: onnx.ModelProto, dtypes: Iterable[int]) -> dict[str, int]:
-    """Nodes by type that read an initializer of one of `dtypes` (int8 weights: MatMulInteger,
-    a quantized embedding's Gather, ...)."""
+    """Weight ops by type that read an initializer of one of `dtypes` (int8: MatMulInteger, a
+    quantized embedding's Gather, ...; fp16: MatMul, Gather)."""
     wanted = {init.name for init in model.graph.initializer if init.data_type in set(dtypes)}
-    return dict(sorted(Counter(n.op_type for n in model.graph.node if wanted.intersection(n.input)).items()))
+    nodes = (n for n in model.graph.node if n.op_type in _WEIGHT_OPS and wanted.intersection(n.input))
+    return dict(sorted(Counter(n.op_type for n in nodes).items()))
 
 
 class _DropRootRecords(logging.Filter):
