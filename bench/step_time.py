@@ -46,6 +46,7 @@ from seqcast.server.runtime import OnnxModel, RuntimeOptions
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "en-de" / "1"
 POSITIONS = (1, 2, 4, 8, 16, 32, 64, 128)
+WARM_UP = 5
 SENTENCES = [
     "The file could not be opened because it is locked.",
     "Select the folder where the downloaded files should be saved.",
@@ -195,13 +196,16 @@ def profile(args: argparse.Namespace) -> None:
     so.enable_profiling = True
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
     session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    for _ in range(args.repeats):
+    for _ in range(WARM_UP + args.repeats):
         session.run(None, feeds)
     trace = json.loads(Path(session.end_profiling()).read_text())
+    # Only the steps after the warm-up (first-run allocations and caches excluded).
+    starts = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e["name"] == "model_run")
+    after = starts[WARM_UP]
     per_op: dict[str, float] = defaultdict(float)
     nodes: dict[str, set[str]] = defaultdict(set)
     for event in trace:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= after:
             per_op[event["args"]["op_name"]] += event["dur"] / 1e3 / args.repeats
             nodes[event["args"]["op_name"]].add(event["name"])
     total = sum(per_op.values())

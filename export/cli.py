@@ -154,11 +154,13 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
         help="write an int8 (CPU) or fp16 (CUDA) variant of a float32 bundle, quality-checked against it",
     )
     p.add_argument("bundle", type=Path, help="float32 bundle directory, e.g. models/en-de/1")
-    p.add_argument("--precision", choices=["int8", "fp16"], default="int8")
+    p.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8", help="fp32 only with --fuse")
     p.add_argument("--out", type=Path, help="bundle directory to write (default: the model's next version)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--int8-form", choices=["qint8-per-tensor", "qint8-per-channel", "quint8-per-tensor", "matmulnbits-8bit"],
                    default="qint8-per-tensor", help="how int8 weights are stored and computed (default: the fastest measured)")
+    p.add_argument("--fuse", action="store_true",
+                   help="transformers: ONNX Runtime's transformer optimizer fusions first (measured no faster; see docs/benchmarks.md)")
     _quality_flags(p)
 
 
@@ -169,7 +171,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     out = args.out or next_version_dir(args.bundle)
     try:
-        manifest = quantize_bundle(args.bundle, out, args.precision, _quality_bar(args), args.overwrite, args.int8_form)
+        manifest = quantize_bundle(args.bundle, out, args.precision, _quality_bar(args), args.overwrite, args.int8_form, args.fuse)
     except QualityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -31,7 +31,11 @@ from seqcast.server.runtime import BundleMismatch
 
 log = logging.getLogger(__name__)
 
-_WEIGHTS_DTYPE = {"int8": "int8", "fp16": "float16"}
+_WEIGHTS_DTYPE = {"int8": "int8", "fp16": "float16", "fp32": "float32"}
+_METHODS: dict[str, Callable[[str], str]] = {
+    "int8": int8_method, "fp16": lambda _: FP16_METHOD, "fp32": lambda _: "float32 weights",
+}
+FUSE_METHOD = "onnxruntime.transformers.optimizer fusions (bart: SkipLayerNormalization, BiasGelu) first"
 
 
 def next_version_dir(bundle_dir: Path) -> Path:
@@ -47,12 +51,22 @@ def _name_and_version(src: Manifest, dst: Path) -> tuple[str, str]:
     return src.name, src.version
 
 
-def _convert_graphs(src: Path, work: Path, manifest: Manifest, precision: Precision, int8_form: str) -> dict[str, GraphConversion]:
+def _convert_graphs(
+    src: Path, work: Path, manifest: Manifest, precision: Precision, int8_form: str, fuse: bool
+) -> dict[str, GraphConversion]:
     graphs = (manifest.encoder.file, manifest.decoder.file)
     for name in manifest.files:
         if name not in graphs:
             shutil.copy(src / name, work / name)
-    return {name: convert_graph(src / name, work / name, precision, int8_form) for name in graphs}
+    shape = _attention_shape(manifest) if fuse else None
+    return {name: convert_graph(src / name, work / name, precision, int8_form, shape) for name in graphs}
+
+
+def _attention_shape(manifest: Manifest) -> tuple[int, int]:
+    dims = manifest.dims
+    if manifest.architecture != "transformer" or "n_heads" not in dims or "d_model" not in dims:
+        raise ValueError(f"--fuse needs a transformer bundle with n_heads and d_model in its dims, got {manifest.architecture} {dims}")
+    return dims["n_heads"], dims["d_model"]
 
 
 def _loads_here(work: Path, manifest: Manifest, precision: Precision) -> bool:
@@ -78,29 +92,33 @@ def quantize_bundle(
     bar: QualityBar = QualityBar(),
     overwrite: bool = False,
     int8_form: str = DEFAULT_INT8_FORM,
+    fuse: bool = False,
 ) -> Manifest:
     """Writes the `precision` variant ("int8" or "fp16") of the float32 bundle `src` to `dst`.
+
+    `int8_form` picks one of `quantize.INT8_FORMS`; `fuse` applies ONNX Runtime's transformer
+    fusions first (with precision "fp32", the fusions alone).
 
     Raises QualityError (nothing written) when the variant scores past `bar` against `src`,
     ValueError for a bundle that is not float32 or a precision that is not known, and
     FileExistsError when `dst` exists and `overwrite` is false.
     """
-    if precision not in PRECISIONS or precision == "fp32":
-        raise ValueError(f"precision must be int8 or fp16, got {precision!r}")
+    if precision not in PRECISIONS or (precision == "fp32" and not fuse):
+        raise ValueError(f"precision must be int8 or fp16 (or fp32 with fuse), got {precision!r}")
     source = verify_bundle(src)
     if source.precision.precision != "fp32":
         raise ValueError(f"{src} is already a {source.precision.precision} bundle; convert its float32 source instead")
     name, version = _name_and_version(source, dst)
 
     def build(work: Path) -> Manifest:
-        conversions = _convert_graphs(src, work, source, precision, int8_form)
+        conversions = _convert_graphs(src, work, source, precision, int8_form, fuse)
         manifest = source.model_copy(update={"name": name, "version": version, "files": checksums(work)})
         runs = _loads_here(work, manifest, precision)
         quality = check_quality(loaded(src, source, bar.threads), loaded(work, manifest, bar.threads), bar) if runs else None
         info = PrecisionInfo(
             precision=precision,
-            method=int8_method(int8_form) if precision == "int8" else FP16_METHOD,
-            devices=["cpu", "cuda"] if precision == "int8" else ["cuda"],
+            method="; ".join(m for m in (_METHODS[precision](int8_form), FUSE_METHOD if fuse else "") if m),
+            devices=["cuda"] if precision == "fp16" else ["cpu", "cuda"],
             source=f"{source.name} v{source.version}",
             source_decoder_sha256=source.files[source.decoder.file],
             quantized_ops={f: c.quantized_ops for f, c in conversions.items()},

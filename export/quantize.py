@@ -182,7 +182,8 @@ def _quantize_int8(folded: Path, dst: Path, form: str) -> None:
             per_channel=form.endswith("per-channel"),
             weight_type=QuantType.QInt8 if form.startswith("qint8") else QuantType.QUInt8,
             # Weights only: attention's activation-by-activation MatMuls (Q.K, weights.V) stay float32.
-            extra_options={"MatMulConstBOnly": True},
+            # Fused ops (com.microsoft) have no ONNX type inference; their outputs are float32.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
 
@@ -195,11 +196,33 @@ def _convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted.model
 
 
-def convert_graph(src: Path, dst: Path, precision: Precision, int8_form: str = DEFAULT_INT8_FORM) -> GraphConversion:
-    """Writes `src` converted to `precision` at `dst` (float32 tensors in and out either way)."""
+def fuse_transformer(model: onnx.ModelProto, heads: int, d_model: int) -> onnx.ModelProto:
+    """ONNX Runtime's transformer optimizer (BART fusions): residual Add + LayerNormalization into
+    SkipLayerNormalization, bias + Gelu into BiasGelu. Its attention fusions do not match our
+    graphs' explicit KV-cache attention, so attention stays as exported."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet_root_logger():
+        optimized = optimize_model(model, model_type="bart", num_heads=heads, hidden_size=d_model, opt_level=0, use_gpu=False)
+    log.info("fused: %s", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
+    model = optimized.model
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def convert_graph(
+    src: Path, dst: Path, precision: Precision, int8_form: str = DEFAULT_INT8_FORM, fuse: tuple[int, int] | None = None
+) -> GraphConversion:
+    """Writes `src` converted to `precision` at `dst` (float32 tensors in and out either way).
+
+    `fuse` = (heads, d_model) runs `fuse_transformer` first (for measuring it; off by default).
+    """
     model = onnx.load(str(src))
     folded = fold_weights(model)
     matmuls = weight_matmuls(model)
+    if fuse is not None:
+        model = fuse_transformer(model, *fuse)
     if precision == "int8":
         staged = dst.with_name(dst.name + ".folded")
         onnx.save_model(model, str(staged))

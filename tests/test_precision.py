@@ -9,6 +9,7 @@ the defaults score). Other tests that need an int8 en-de bundle can make one wit
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +104,14 @@ def test_an_int8_bundle_is_not_quantized_again(en_de_int8: Path, tmp_path: Path,
 
 
 def test_forecast_bundle_quantized_within_one_percent_mase(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "tourism" / "1"
+    shutil.copytree(TOURISM, source)
+    assert _quantize(str(source), "--quality-limit", "64") == 0  # no --out: the model's next version
     out = tmp_path / "tourism" / "2"
-    assert _quantize(str(TOURISM), "--out", str(out), "--quality-limit", "64") == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["precision"] == "int8" and printed["quality"]["metric"] == "MASE"
     manifest = Manifest.read(out)
+    assert (manifest.name, manifest.version, printed["bundle"]) == ("tourism", "2", str(out))
     quality = manifest.precision.quality
     assert quality.passed and quality.items == 64 and quality.value <= quality.reference * 1.01
     assert sum(manifest.precision.quantized_ops["decoder.onnx"].values()) >= manifest.precision.weight_matmuls["decoder.onnx"] > 0
@@ -121,7 +125,8 @@ def test_forecast_bundle_quantized_within_one_percent_mase(tmp_path: Path, capsy
 
 def test_fp16_bundle_keeps_float32_io_and_is_marked_cuda_only(tmp_path: Path) -> None:
     out = tmp_path / "en-de-fp16" / "1"
-    manifest = quantize_bundle(EN_DE, out, "fp16", QualityBar(limit=8))
+    assert _quantize(str(EN_DE), "--precision", "fp16", "--out", str(out), "--quality-limit", "8") == 0
+    manifest = Manifest.read(out)
     info = manifest.precision
     assert info.precision == "fp16" and info.devices == ["cuda"] and manifest.export.weights_dtype == "float16"
     assert "keep_io_types=True" in info.method and "LayerNormalization" in info.method
@@ -133,6 +138,20 @@ def test_fp16_bundle_keeps_float32_io_and_is_marked_cuda_only(tmp_path: Path) ->
         session = ort.InferenceSession(str(out / graph), providers=["CPUExecutionProvider"])
         assert {a.type for a in session.get_inputs() + session.get_outputs()} <= {"tensor(int64)", "tensor(float)"}
     assert info.quality is None or info.quality.passed
+
+
+def test_quantize_bundle_is_the_function_behind_the_command(en_de_int8: Path, tmp_path: Path) -> None:
+    manifest = quantize_bundle(EN_DE, tmp_path / "en-de" / "7", "int8", QualityBar(limit=8))
+    assert (manifest.name, manifest.version, manifest.precision.precision) == ("en-de", "7", "int8")
+    assert manifest.files["decoder.onnx"] == Manifest.read(en_de_int8).files["decoder.onnx"]  # reproducible
+
+
+def test_fused_variant_through_the_transformer_optimizer(tmp_path: Path) -> None:
+    out = tmp_path / "en-de" / "3"
+    assert _quantize(str(EN_DE), "--fuse", "--out", str(out), "--quality-limit", "8") == 0
+    ops = {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
+    assert {"SkipLayerNormalization", "BiasGelu", "MatMulInteger"} <= ops
+    assert "fusions" in Manifest.read(out).precision.method
 
 
 def test_manifests_without_a_precision_section_read_as_float32(tmp_path: Path) -> None:
