@@ -167,16 +167,18 @@ def compare(args: argparse.Namespace) -> None:
             results[batch, threads, variant.label].append(ms)
             print(f"round {round_ + 1}: {variant.label} batch {batch} threads {threads}: {ms:.3f} ms", file=sys.stderr, flush=True)
     print(f"decoder step ms, past length {args.past}, 1 new token; median of {args.repeats} steps per cell, each cell a "
-          f"fresh process, {args.rounds} interleaved rounds: median [min-max] over rounds; {machine()}\n")
-    print("| variant | precision | batch | threads | ms / step | range | vs first |")
-    print("|---|---|---|---|---|---|---|")
+          f"fresh process, {args.rounds} interleaved rounds: median and range over rounds, and the best round (on a "
+          f"shared machine the least disturbed); {machine()}\n")
+    print("| variant | precision | batch | threads | ms / step (median) | range | best round | vs first (median) | vs first (best) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch, threads in itertools.product(args.batch, args.threads):
-        first = statistics.median(results[batch, threads, variants[0].label])
+        first = results[batch, threads, variants[0].label]
         for variant in variants:
             runs = results[batch, threads, variant.label]
             ms = statistics.median(runs)
             print(f"| {variant.label} | {precision_of(variant)} | {batch} | {threads} | {ms:.3f} | "
-                  f"{min(runs):.3f}-{max(runs):.3f} | {first / ms:.2f}x |")
+                  f"{min(runs):.3f}-{max(runs):.3f} | {min(runs):.3f} | {statistics.median(first) / ms:.2f}x | "
+                  f"{min(first) / min(runs):.2f}x |")
 
 
 # --- profile ---------------------------------------------------------------------------------------
