@@ -68,20 +68,23 @@ def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in graph.initializer}
 
 
-def _folded_value(node: onnx.NodeProto, source: np.ndarray) -> np.ndarray | None:
+def _folded_value(node: onnx.NodeProto, source: np.ndarray, transposes: bool) -> np.ndarray | None:
     """The value of a Cast-to-float or Transpose of a constant; None for any other node."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Cast" and attrs.get("to") == onnx.TensorProto.FLOAT and source.dtype == np.float16:
         return source.astype(np.float32)
-    if node.op_type == "Transpose":
+    if node.op_type == "Transpose" and transposes:
         return np.ascontiguousarray(np.transpose(source, attrs.get("perm")))
     return None
 
 
-def fold_weights(model: onnx.ModelProto) -> int:
-    """Replaces Cast(float16 initializer) and Transpose(initializer) by float32 initializers, in
-    place; returns how many nodes were folded. Chains (a Transpose of a Cast) fold in one pass
-    because nodes are in topological order."""
+def fold_weights(model: onnx.ModelProto, transposes: bool = True) -> int:
+    """Replaces Cast(float16 initializer) and, with `transposes`, Transpose(initializer) by
+    float32 initializers, in place; returns how many nodes were folded. Chains (a Transpose of a
+    Cast) fold in one pass because nodes are in topological order.
+
+    A folded Transpose of a shared weight (the tied embedding: the lookup reads the table, the
+    output projection its transpose) leaves two tensors where there was one."""
     graph = model.graph
     inits = _initializers(graph)
     outputs = {o.name for o in graph.output}
@@ -90,7 +93,7 @@ def fold_weights(model: onnx.ModelProto) -> int:
         source = inits.get(node.input[0]) if node.input else None
         value = None
         if source is not None and len(node.output) == 1 and node.output[0] not in outputs:
-            value = _folded_value(node, numpy_helper.to_array(source))
+            value = _folded_value(node, numpy_helper.to_array(source), transposes)
         if value is None:
             kept.append(node)
             continue
@@ -108,6 +111,13 @@ def weight_matmuls(model: onnx.ModelProto) -> int:
     """MatMul and Gemm nodes whose weight (second input) is an initializer."""
     inits = _initializers(model.graph)
     return sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits)
+
+
+def _weight_matmuls_when_folded(model: onnx.ModelProto) -> int:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    fold_weights(probe)
+    return weight_matmuls(probe)
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -219,8 +229,10 @@ def convert_graph(
     `fuse` = (heads, d_model) runs `fuse_transformer` first (for measuring it; off by default).
     """
     model = onnx.load(str(src))
-    folded = fold_weights(model)
-    matmuls = weight_matmuls(model)
+    # fp16 needs no folded Transpose: the converter turns the table itself into float16, and
+    # ONNX Runtime folds the Transpose at load; folding it would store the embedding twice.
+    folded = fold_weights(model, transposes=precision != "fp16")
+    matmuls = weight_matmuls(model) if precision != "fp16" else _weight_matmuls_when_folded(model)
     if fuse is not None:
         model = fuse_transformer(model, *fuse)
     if precision == "int8":

@@ -130,6 +130,9 @@ def test_fp16_bundle_keeps_float32_io_and_is_marked_cuda_only(tmp_path: Path) ->
     info = manifest.precision
     assert info.precision == "fp16" and info.devices == ["cuda"] and manifest.export.weights_dtype == "float16"
     assert "keep_io_types=True" in info.method and "LayerNormalization" in info.method
+    assert info.weight_matmuls["decoder.onnx"] == 25 and info.quantized_ops["decoder.onnx"]["MatMul"] >= 24
+    # The tied embedding is stored once, as in the source (whose large weights are float16 already).
+    assert info.file_sizes["decoder.onnx"] < 1.01 * (EN_DE / "decoder.onnx").stat().st_size
     for graph in ("encoder.onnx", "decoder.onnx"):
         model = onnx.load(str(out / graph))
         onnx.checker.check_model(model, full_check=True)
