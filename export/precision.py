@@ -32,6 +32,9 @@ from seqcast.server.runtime import BundleMismatch
 log = logging.getLogger(__name__)
 
 _WEIGHTS_DTYPE = {"int8": "int8", "fp16": "float16", "fp32": "float32"}
+# What each precision is made and checked for: int8 kernels are CPU kernels (MatMulInteger and
+# friends), fp16 pays off on CUDA only.
+_DEVICES: dict[str, list[str]] = {"int8": ["cpu"], "fp16": ["cuda"], "fp32": ["cpu", "cuda"]}
 _METHODS: dict[str, Callable[[str], str]] = {
     "int8": int8_method, "fp16": lambda _: FP16_METHOD, "fp32": lambda _: "float32 weights",
 }
@@ -118,7 +121,7 @@ def quantize_bundle(
         info = PrecisionInfo(
             precision=precision,
             method="; ".join(m for m in (_METHODS[precision](int8_form), FUSE_METHOD if fuse else "") if m),
-            devices=["cuda"] if precision == "fp16" else ["cpu", "cuda"],
+            devices=_DEVICES[precision],
             source=f"{source.name} v{source.version}",
             source_decoder_sha256=source.files[source.decoder.file],
             quantized_ops={f: c.quantized_ops for f, c in conversions.items()},
