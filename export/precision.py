@@ -65,11 +65,15 @@ def _convert_graphs(
     return {name: convert_graph(src / name, work / name, precision, int8_form, shape) for name in graphs}
 
 
+def _fusable(manifest: Manifest) -> bool:
+    return manifest.architecture == "transformer" and {"n_heads", "d_model"} <= set(manifest.dims)
+
+
 def _attention_shape(manifest: Manifest) -> tuple[int, int]:
-    dims = manifest.dims
-    if manifest.architecture != "transformer" or "n_heads" not in dims or "d_model" not in dims:
-        raise ValueError(f"--fuse needs a transformer bundle with n_heads and d_model in its dims, got {manifest.architecture} {dims}")
-    return dims["n_heads"], dims["d_model"]
+    if not _fusable(manifest):
+        raise ValueError(f"fusions need a transformer bundle with n_heads and d_model in its dims, "
+                         f"got {manifest.architecture} {manifest.dims}")
+    return manifest.dims["n_heads"], manifest.dims["d_model"]
 
 
 def _loads_here(work: Path, manifest: Manifest, precision: Precision) -> bool:
@@ -95,12 +99,14 @@ def quantize_bundle(
     bar: QualityBar = QualityBar(),
     overwrite: bool = False,
     int8_form: str = DEFAULT_INT8_FORM,
-    fuse: bool = False,
+    fuse: bool | None = None,
 ) -> Manifest:
     """Writes the `precision` variant ("int8" or "fp16") of the float32 bundle `src` to `dst`.
 
     `int8_form` picks one of `quantize.INT8_FORMS`; `fuse` applies ONNX Runtime's transformer
-    fusions first (with precision "fp32", the fusions alone).
+    fusions first (with precision "fp32", the fusions alone). By default (None) int8 transformer
+    bundles are fused: the step-time bench measured it 10-20% faster at batch 1 on one thread
+    and no slower elsewhere within the noise; fp32 and fp16 are not.
 
     Raises QualityError (nothing written) when the variant scores past `bar` against `src`,
     ValueError for a bundle that is not float32 or a precision that is not known, and
@@ -109,6 +115,8 @@ def quantize_bundle(
     if precision not in PRECISIONS or (precision == "fp32" and not fuse):
         raise ValueError(f"precision must be int8 or fp16 (or fp32 with fuse), got {precision!r}")
     source = verify_bundle(src)
+    if fuse is None:
+        fuse = precision == "int8" and _fusable(source)
     if source.precision.precision != "fp32":
         raise ValueError(f"{src} is already a {source.precision.precision} bundle; convert its float32 source instead")
     name, version = _name_and_version(source, dst)

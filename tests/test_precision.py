@@ -149,12 +149,15 @@ def test_quantize_bundle_is_the_function_behind_the_command(en_de_int8: Path, tm
     assert manifest.files["decoder.onnx"] == Manifest.read(en_de_int8).files["decoder.onnx"]  # reproducible
 
 
-def test_fused_variant_through_the_transformer_optimizer(tmp_path: Path) -> None:
+def test_int8_transformers_are_fused_unless_asked_not_to(en_de_int8: Path, tmp_path: Path) -> None:
+    fused = {n.op_type for n in onnx.load(str(en_de_int8 / "decoder.onnx")).graph.node}
+    assert {"SkipLayerNormalization", "BiasGelu", "MatMulInteger"} <= fused
+    assert "fusions" in Manifest.read(en_de_int8).precision.method
     out = tmp_path / "en-de" / "3"
-    assert _quantize(str(EN_DE), "--fuse", "--out", str(out), "--quality-limit", "8") == 0
-    ops = {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
-    assert {"SkipLayerNormalization", "BiasGelu", "MatMulInteger"} <= ops
-    assert "fusions" in Manifest.read(out).precision.method
+    assert _quantize(str(EN_DE), "--no-fuse", "--out", str(out), "--quality-limit", "8") == 0
+    plain = {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
+    assert "MatMulInteger" in plain and not {"SkipLayerNormalization", "BiasGelu"} & plain
+    assert "fusions" not in Manifest.read(out).precision.method
 
 
 def test_manifests_without_a_precision_section_read_as_float32(tmp_path: Path) -> None:
