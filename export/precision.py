@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from seqcast.export.bundle import checksums, export_info, write_bundle
+from seqcast.export.bundle import checksums, export_info, file_sizes, write_bundle
 from seqcast.export.quality import QualityBar, check_quality, loaded
 from seqcast.export.quantize import DEFAULT_INT8_FORM, FP16_METHOD, PRECISIONS, GraphConversion, Precision, convert_graph, int8_method
 from seqcast.server.manifest import Manifest, PrecisionInfo
@@ -134,7 +134,7 @@ def quantize_bundle(
             source_decoder_sha256=source.files[source.decoder.file],
             quantized_ops={f: c.quantized_ops for f, c in conversions.items()},
             weight_matmuls={f: c.weight_matmuls for f, c in conversions.items()},
-            file_sizes={f.name: f.stat().st_size for f in sorted(work.iterdir())},
+            file_sizes=file_sizes(work),
             quality=quality,
         )
         return manifest.model_copy(update={"export": export_info(_WEIGHTS_DTYPE[precision]), "precision": info})

@@ -180,3 +180,6 @@ def test_export_at_int8_writes_the_quantized_bundle_in_place_of_float32(tmp_path
     assert sum(manifest.precision.quantized_ops["decoder.onnx"].values()) >= 1
     assert manifest.parity.onnx_matches_pytorch  # the float32 export's parity, measured before quantizing
     assert sorted(p.name for p in models.iterdir()) == ["ar-int8"]  # no float32 copy left behind
+    assert seqcast([*args[:8], "ar-fp32"]) == 0  # float32: the precision section says so
+    fp32 = Manifest.read(models / "ar-fp32" / "1").precision
+    assert fp32.precision == "fp32" and fp32.method.startswith("exported") and fp32.file_sizes["decoder.onnx"] > 0
