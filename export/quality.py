@@ -74,28 +74,53 @@ def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
     return corpus, read_split(corpus, "test", bar.limit)
 
 
-def _reference_logp(model: LoadedModel, source: list[int], target: list[int]) -> np.ndarray:
-    """log p of each target token (T,) with the reference prefix fed in one decoder call
-    (teacher forcing: bos + target[:-1] in, target out)."""
+def _initial_feeds(model: LoadedModel, source: list[int]) -> dict[str, np.ndarray]:
+    """Decoder inputs for one source before its first step: encoder outputs, empty or encoder-made state."""
     manifest, spec = model.manifest, model.manifest.decoder
     src = np.array([source], dtype=np.int64)
     mask = np.ones_like(src)
     encoded = model.runtime.encode(src, mask)
     encoded[manifest.encoder.attention_mask] = mask
-    prefix = np.array([[manifest.special_tokens.bos, *target[:-1]]], dtype=np.int64)
     shapes = {t.name: t.shape for t in spec.inputs}
-    feeds: dict[str, np.ndarray] = {spec.feed: prefix, **{s.input: encoded[s.source] for s in spec.static}}
+    feeds = {s.input: encoded[s.source] for s in spec.static}
     for s in spec.state:
         if s.init == "encoder":
             feeds[s.input] = encoded[s.source]
         else:
             dims = [1 if a == 0 else 0 if a == s.seq_axis else d for a, d in enumerate(shapes[s.input])]
             feeds[s.input] = np.zeros(dims, dtype=np.float32)
+    return feeds
+
+
+def _step_logits(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: list[int], past: int) -> dict[str, np.ndarray]:
+    spec = model.manifest.decoder
+    feeds[spec.feed] = np.array([tokens], dtype=np.int64)
     if spec.position_ids:
-        feeds[spec.position_ids] = np.arange(prefix.shape[1], dtype=np.int64)[None, :]
+        feeds[spec.position_ids] = np.arange(past, past + len(tokens), dtype=np.int64)[None, :]
     if spec.attention_mask:
-        feeds[spec.attention_mask] = np.ones_like(prefix)
-    logits = model.runtime.step(feeds)[spec.output][0].astype(np.float64)  # (T, vocab)
+        feeds[spec.attention_mask] = np.ones((1, past + len(tokens)), dtype=np.int64)
+    return model.runtime.step(feeds)
+
+
+def reference_logp(model: LoadedModel, source: list[int], target: list[int], one_call: bool | None = None) -> np.ndarray:
+    """log p of each target token (T,) with the reference prefix fed (teacher forcing: bos +
+    target[:-1] in, target out): in one decoder call where the graph takes several new tokens
+    (transformers), else one step per token carrying the state (RNNs). `one_call` forces either."""
+    spec = model.manifest.decoder
+    prefix = [model.manifest.special_tokens.bos, *target[:-1]]
+    if one_call is None:
+        one_call = isinstance(next(t for t in spec.inputs if t.name == spec.feed).shape[1], str)
+    feeds = _initial_feeds(model, source)
+    if one_call:
+        logits = _step_logits(model, feeds, prefix, 0)[spec.output][0]  # (T, vocab)
+    else:
+        rows = []
+        for past, token in enumerate(prefix):
+            out = _step_logits(model, feeds, [token], past)
+            rows.append(out[spec.output][0, -1])
+            feeds.update({s.input: out[s.output] for s in spec.state})
+        logits = np.stack(rows)
+    logits = logits.astype(np.float64)
     top = logits.max(axis=-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
     return logp[np.arange(len(target)), target]
@@ -113,7 +138,7 @@ def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs:
     for pair in tqdm(pairs, desc="teacher-forced log p", unit="sentence", leave=False):
         source = _token_ids(reference, pair.en, manifest.max_source_tokens)
         target = _token_ids(reference, pair.de, manifest.max_new_tokens)
-        deltas.append(np.abs(_reference_logp(reference, source, target) - _reference_logp(candidate, source, target)))
+        deltas.append(np.abs(reference_logp(reference, source, target) - reference_logp(candidate, source, target)))
     return np.concatenate(deltas)
 
 

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from seqcast.export.precision import quantize_bundle
-from seqcast.export.quality import QualityBar
+from seqcast.export.quality import QualityBar, loaded, reference_logp
 from seqcast.export.quantize import fold_weights, weight_matmuls
 from seqcast.server.cli import main as seqcast
 from seqcast.server.decoding import forecast_values, greedy_tokens
@@ -158,6 +158,17 @@ def test_int8_transformers_are_fused_unless_asked_not_to(en_de_int8: Path, tmp_p
     plain = {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
     assert "MatMulInteger" in plain and not {"SkipLayerNormalization", "BiasGelu"} & plain
     assert "fusions" not in Manifest.read(out).precision.method
+
+
+def test_teacher_forcing_in_one_call_equals_step_by_step_with_the_cache() -> None:
+    """The guard feeds a transformer the reference in one call; RNN decoders (one token per
+    step) go step by step, carrying state. Both ways give the same log-probabilities."""
+    model = loaded(EN_DE, Manifest.read(EN_DE), threads=1)
+    source, target = model.codec.encode(["Delete this folder?"])[0], model.codec.encode(["Diesen Ordner löschen?"])[0]
+    one_call = reference_logp(model, source, target, one_call=True)
+    stepped = reference_logp(model, source, target, one_call=False)
+    assert one_call.shape == (len(target),) and (one_call <= 0).all()
+    np.testing.assert_allclose(one_call, stepped, atol=1e-4)
 
 
 def test_manifests_without_a_precision_section_read_as_float32(tmp_path: Path) -> None:
