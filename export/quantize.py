@@ -95,7 +95,8 @@ def fold_weights(model: onnx.ModelProto, transposes: bool = True) -> int:
     for node in graph.node:
         source = inits.get(node.input[0]) if node.input else None
         value = None
-        if source is not None and len(node.output) == 1 and node.output[0] not in outputs:
+        foldable = node.op_type in ("Cast", "Transpose") and len(node.output) == 1 and node.output[0] not in outputs
+        if source is not None and foldable:
             value = _folded_value(node, numpy_helper.to_array(source), transposes)
         if value is None:
             kept.append(node)
@@ -121,10 +122,6 @@ def _weight_matmuls_when_folded(model: onnx.ModelProto) -> int:
     probe.CopyFrom(model)
     fold_weights(probe)
     return weight_matmuls(probe)
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
 # Ops that compute with weights (MatMuls in every form, embedding lookups, recurrent cells).

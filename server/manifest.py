@@ -188,7 +188,8 @@ class PrecisionInfo(_Frozen):
     # The bundle it was converted from ("name vVERSION") and that bundle's decoder checksum.
     source: str | None = None
     source_decoder_sha256: str | None = None
-    # Op counts by graph file: quantized ops (MatMulInteger, ...), and MatMuls with weights before.
+    # Op counts by graph file: the weight ops that read converted weights (int8: MatMulInteger and
+    # the embedding's Gather; fp16: MatMul, Gather), and the MatMuls with a weight before conversion.
     quantized_ops: dict[str, dict[str, int]] = Field(default_factory=dict)
     weight_matmuls: dict[str, int] = Field(default_factory=dict)
     # Bytes by file name.
