@@ -36,6 +36,7 @@ from seqcast.server.text import TextCodec
 log = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = Path("data/en-de")
+_REPO = Path(__file__).resolve().parents[1]
 
 
 class QualityError(Exception):
@@ -66,6 +67,8 @@ def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> LoadedModel:
 
 def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
     corpus = bar.corpus or Path(str(manifest.training.get("corpus") or DEFAULT_CORPUS))
+    if not corpus.is_absolute() and not corpus.exists() and (_REPO / corpus).exists():
+        corpus = _REPO / corpus  # a training corpus recorded relative to the checkout, used from elsewhere
     if not (corpus / "test.jsonl.gz").exists():
         raise QualityError(
             f"no test split to check quality against: {corpus}/test.jsonl.gz is missing; pass --corpus with a "
