@@ -6,6 +6,8 @@ every tensor name from here, never from constants in code. A bundle is a directo
 translation, the tokenizer. Tensor names follow the Optimum convention (`input_ids`,
 `encoder_attention_mask`, `past_key_values.{i}.decoder.key`, `present.{i}.decoder.key`,
 `logits`, ...); forecasting graphs take `input_values` and return `quantiles` (or `mean`).
+The `precision` section says whether the weights are float32 (as exported), int8 or fp16, how
+the bundle was made and how it scored against its float32 source (`seqcast quantize`).
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class PrecisionInfo(_Frozen):
 
     precision: Literal["fp32", "int8", "fp16"] = "fp32"
     method: str = "exported"
-    # Execution providers the bundle is meant for; fp16 bundles are CUDA-only.
+    # Execution providers the bundle is made for: int8 for CPU (integer MatMul kernels), fp16 for CUDA.
     devices: list[Literal["cpu", "cuda"]] = Field(default_factory=lambda: ["cpu", "cuda"])
     # The bundle it was converted from ("name vVERSION") and that bundle's decoder checksum.
     source: str | None = None
