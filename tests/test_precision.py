@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from seqcast.export.bundle import exported_precision
 from seqcast.export.precision import quantize_bundle
 from seqcast.export.quality import QualityBar, loaded, reference_logp
 from seqcast.export.quantize import fold_weights, weight_matmuls
@@ -160,6 +161,14 @@ def test_int8_transformers_are_fused_unless_asked_not_to(en_de_int8: Path, tmp_p
     assert "fusions" not in Manifest.read(out).precision.method
 
 
+@pytest.mark.parametrize(("args", "op"), [(["--int8-form", "matmulnbits-8bit", "--no-fuse"], "MatMulNBits"),
+                                          (["--precision", "fp32", "--fuse"], "SkipLayerNormalization")])
+def test_the_other_forms_measured_in_the_benchmarks(tmp_path: Path, args: list[str], op: str) -> None:
+    out = tmp_path / "en-de" / "4"
+    assert _quantize(str(EN_DE), *args, "--out", str(out), "--quality-limit", "4") == 0
+    assert op in {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
+
+
 def test_teacher_forcing_in_one_call_equals_step_by_step_with_the_cache() -> None:
     """The guard feeds a transformer the reference in one call; RNN decoders (one token per
     step) go step by step, carrying state. Both ways give the same log-probabilities."""
@@ -176,6 +185,8 @@ def test_manifests_without_a_precision_section_read_as_float32(tmp_path: Path) -
     assert "precision" not in raw  # written before precision variants existed
     assert Manifest.read(EN_DE).precision.precision == "fp32"
     assert load_model(EN_DE, RuntimeOptions(device="cpu")).manifest.precision.devices == ["cpu", "cuda"]
+    exported = exported_precision(EN_DE, "float16")  # what exports write from now on
+    assert exported.precision == "fp32" and "float16" in exported.method and exported.file_sizes["decoder.onnx"] > 0
 
 
 def test_export_at_int8_writes_the_quantized_bundle_in_place_of_float32(tmp_path: Path) -> None:
@@ -191,6 +202,3 @@ def test_export_at_int8_writes_the_quantized_bundle_in_place_of_float32(tmp_path
     assert sum(manifest.precision.quantized_ops["decoder.onnx"].values()) >= 1
     assert manifest.parity.onnx_matches_pytorch  # the float32 export's parity, measured before quantizing
     assert sorted(p.name for p in models.iterdir()) == ["ar-int8"]  # no float32 copy left behind
-    assert seqcast([*args[:8], "ar-fp32"]) == 0  # float32: the precision section says so
-    fp32 = Manifest.read(models / "ar-fp32" / "1").precision
-    assert fp32.precision == "fp32" and fp32.method.startswith("exported") and fp32.file_sizes["decoder.onnx"] > 0
