@@ -103,9 +103,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _quality_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-chrf-drop", type=float, default=0.5,
-                   help="int8 translation: the most chrF points it may lose against float32 on the test split")
+                   help="translation: the most chrF points an int8 or fp16 bundle may lose against float32 on the test split")
     p.add_argument("--max-mase-increase", type=float, default=0.01,
-                   help="int8 forecast: the most relative MASE increase against float32 on the test windows")
+                   help="forecast: the most relative MASE increase (0.01 = 1%%) against float32 on the test windows")
     p.add_argument("--quality-limit", type=int, help="score only the first N test sentences or windows")
     p.add_argument("--corpus", type=Path, help="translation corpus with a test split, for parity and the quality guard (default: the training corpus)")
 
