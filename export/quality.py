@@ -27,6 +27,7 @@ from seqcast.export.corpus import Pair, read_split
 from seqcast.export.evaluate import corpus_scores, translate
 from seqcast.export.forecast_data import TASKS, windows
 from seqcast.export.forecast_evaluate import bundle_forecasts, window_mase
+from seqcast.server.decoding import pad_batch
 from seqcast.server.manifest import Manifest, Quality
 from seqcast.server.models import LoadedModel
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
@@ -77,11 +78,11 @@ def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
     return corpus, read_split(corpus, "test", bar.limit)
 
 
-def _initial_feeds(model: LoadedModel, source: list[int]) -> dict[str, np.ndarray]:
-    """Decoder inputs for one source before its first step: encoder outputs, empty or encoder-made state."""
+def _initial_feeds(model: LoadedModel, sources: list[list[int]]) -> dict[str, np.ndarray]:
+    """Decoder inputs for a batch of sources before the first step: encoder outputs, and empty
+    (KV cache) or encoder-made (RNN) state."""
     manifest, spec = model.manifest, model.manifest.decoder
-    src = np.array([source], dtype=np.int64)
-    mask = np.ones_like(src)
+    src, mask = pad_batch(sources, manifest.special_tokens.pad, np.int64)
     encoded = model.runtime.encode(src, mask)
     encoded[manifest.encoder.attention_mask] = mask
     shapes = {t.name: t.shape for t in spec.inputs}
@@ -90,43 +91,50 @@ def _initial_feeds(model: LoadedModel, source: list[int]) -> dict[str, np.ndarra
         if s.init == "encoder":
             feeds[s.input] = encoded[s.source]
         else:
-            dims = [1 if a == 0 else 0 if a == s.seq_axis else d for a, d in enumerate(shapes[s.input])]
+            dims = [len(sources) if a == 0 else 0 if a == s.seq_axis else d for a, d in enumerate(shapes[s.input])]
             feeds[s.input] = np.zeros(dims, dtype=np.float32)
     return feeds
 
 
-def _step_logits(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: list[int], past: int) -> dict[str, np.ndarray]:
+def _step(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """One decoder call on new `tokens` (B, n); `mask` (B, past + n) covers past and new."""
     spec = model.manifest.decoder
-    feeds[spec.feed] = np.array([tokens], dtype=np.int64)
+    past = mask.shape[1] - tokens.shape[1]
+    feeds[spec.feed] = tokens
     if spec.position_ids:
-        feeds[spec.position_ids] = np.arange(past, past + len(tokens), dtype=np.int64)[None, :]
+        feeds[spec.position_ids] = np.tile(np.arange(past, mask.shape[1], dtype=np.int64), (len(tokens), 1))
     if spec.attention_mask:
-        feeds[spec.attention_mask] = np.ones((1, past + len(tokens)), dtype=np.int64)
+        feeds[spec.attention_mask] = mask
     return model.runtime.step(feeds)
 
 
-def reference_logp(model: LoadedModel, source: list[int], target: list[int], one_call: bool | None = None) -> np.ndarray:
-    """log p of each target token (T,) with the reference prefix fed (teacher forcing: bos +
-    target[:-1] in, target out): in one decoder call where the graph takes several new tokens
-    (transformers), else one step per token carrying the state (RNNs). `one_call` forces either."""
+def reference_logps(
+    model: LoadedModel, sources: list[list[int]], targets: list[list[int]], one_call: bool | None = None
+) -> list[np.ndarray]:
+    """log p of each target token, (T_i,) per pair, with the reference prefix fed (teacher
+    forcing: bos + target[:-1] in, target out). Where the graph takes several new tokens
+    (transformers) the whole padded prefix goes in one decoder call (pads at the end, which
+    causal attention never lets earlier positions see); else one step per token carrying the
+    state (RNNs). `one_call` forces either."""
     spec = model.manifest.decoder
-    prefix = [model.manifest.special_tokens.bos, *target[:-1]]
+    special = model.manifest.special_tokens
+    prefixes, mask = pad_batch([[special.bos, *t[:-1]] for t in targets], special.pad, np.int64)
     if one_call is None:
         one_call = isinstance(next(t for t in spec.inputs if t.name == spec.feed).shape[1], str)
-    feeds = _initial_feeds(model, source)
+    feeds = _initial_feeds(model, sources)
     if one_call:
-        logits = _step_logits(model, feeds, prefix, 0)[spec.output][0]  # (T, vocab)
+        logits = _step(model, feeds, prefixes, mask)[spec.output]  # (B, T, vocab)
     else:
-        rows = []
-        for past, token in enumerate(prefix):
-            out = _step_logits(model, feeds, [token], past)
-            rows.append(out[spec.output][0, -1])
+        columns = []
+        for t in range(prefixes.shape[1]):
+            out = _step(model, feeds, prefixes[:, t : t + 1], np.ones((len(targets), t + 1), dtype=np.int64))
+            columns.append(out[spec.output][:, -1])
             feeds.update({s.input: out[s.output] for s in spec.state})
-        logits = np.stack(rows)
+        logits = np.stack(columns, axis=1)
     logits = logits.astype(np.float64)
     top = logits.max(axis=-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-    return logp[np.arange(len(target)), target]
+    return [logp[i, np.arange(len(t)), t] for i, t in enumerate(targets)]
 
 
 def _token_ids(model: LoadedModel, text: str, limit: int) -> list[int]:
@@ -134,14 +142,18 @@ def _token_ids(model: LoadedModel, text: str, limit: int) -> list[int]:
     return ids[: limit - 1] + [model.manifest.special_tokens.eos]
 
 
-def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs: list[Pair]) -> np.ndarray:
+def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs: list[Pair], batch: int = 32) -> np.ndarray:
     """|log p_reference - log p_candidate| of every reference token of every pair (teacher forced)."""
     manifest = reference.manifest
     deltas = []
-    for pair in tqdm(pairs, desc="teacher-forced log p", unit="sentence", leave=False):
-        source = _token_ids(reference, pair.en, manifest.max_source_tokens)
-        target = _token_ids(reference, pair.de, manifest.max_new_tokens)
-        deltas.append(np.abs(reference_logp(reference, source, target) - reference_logp(candidate, source, target)))
+    with tqdm(total=len(pairs), desc="teacher-forced log p", unit="sentence", leave=False) as progress:
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            sources = [_token_ids(reference, p.en, manifest.max_source_tokens) for p in chunk]
+            targets = [_token_ids(reference, p.de, manifest.max_new_tokens) for p in chunk]
+            pairs_logp = zip(reference_logps(reference, sources, targets), reference_logps(candidate, sources, targets))
+            deltas.extend(np.abs(a - b) for a, b in pairs_logp)
+            progress.update(len(chunk))
     return np.concatenate(deltas)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from seqcast.export.bundle import exported_precision
 from seqcast.export.precision import quantize_bundle
-from seqcast.export.quality import QualityBar, loaded, reference_logp
+from seqcast.export.quality import QualityBar, loaded, reference_logps
 from seqcast.export.quantize import fold_weights, weight_matmuls
 from seqcast.server.cli import main as seqcast
 from seqcast.server.decoding import forecast_values, greedy_tokens
@@ -169,15 +169,19 @@ def test_the_other_forms_measured_in_the_benchmarks(tmp_path: Path, args: list[s
     assert op in {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
 
 
-def test_teacher_forcing_in_one_call_equals_step_by_step_with_the_cache() -> None:
-    """The guard feeds a transformer the reference in one call; RNN decoders (one token per
-    step) go step by step, carrying state. Both ways give the same log-probabilities."""
+def test_teacher_forcing_in_one_call_equals_step_by_step_and_unbatched() -> None:
+    """The guard feeds a transformer the padded reference batch in one call; RNN decoders (one
+    token per step) go step by step, carrying state. Every way gives the same log-probabilities."""
     model = loaded(EN_DE, Manifest.read(EN_DE), threads=1)
-    source, target = model.codec.encode(["Delete this folder?"])[0], model.codec.encode(["Diesen Ordner löschen?"])[0]
-    one_call = reference_logp(model, source, target, one_call=True)
-    stepped = reference_logp(model, source, target, one_call=False)
-    assert one_call.shape == (len(target),) and (one_call <= 0).all()
-    np.testing.assert_allclose(one_call, stepped, atol=1e-4)
+    sources = model.codec.encode(["Delete this folder?", "The download has finished.", "No printer was found."])
+    targets = model.codec.encode(["Diesen Ordner löschen?", "Der Download ist abgeschlossen.", "Kein Drucker gefunden."])
+    one_call = reference_logps(model, sources, targets, one_call=True)
+    stepped = reference_logps(model, sources, targets, one_call=False)
+    alone = [reference_logps(model, [s], [t])[0] for s, t in zip(sources, targets)]
+    for a, b, c, target in zip(one_call, stepped, alone, targets):
+        assert a.shape == (len(target),) and (a <= 0).all()
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_allclose(a, c, atol=1e-4)
 
 
 def test_manifests_without_a_precision_section_read_as_float32(tmp_path: Path) -> None:
