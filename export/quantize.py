@@ -136,21 +136,25 @@ def ops_reading(model: onnx.ModelProto, dtypes: Iterable[int]) -> dict[str, int]
     return dict(sorted(Counter(n.op_type for n in nodes).items()))
 
 
-class _DropRootRecords(logging.Filter):
-    """ONNX Runtime's quantizer logs a line per tensor straight on the root logger; drop those."""
+class _OnlyOurs(logging.Filter):
+    """ONNX Runtime's quantizer and optimizer log a line per tensor or fusion (on the root logger
+    and their own); while they run, only our records and errors pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name != "root"
+        return record.name.startswith("seqcast") or record.levelno >= logging.ERROR
 
 
 @contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    quiet = _DropRootRecords()
-    logging.getLogger().addFilter(quiet)
+def _quiet_onnxruntime_tools() -> Iterator[None]:
+    quiet, root = _OnlyOurs(), logging.getLogger()
+    targets = [root, *root.handlers]
+    for target in targets:
+        target.addFilter(quiet)
     try:
         yield
     finally:
-        logging.getLogger().removeFilter(quiet)
+        for target in targets:
+            target.removeFilter(quiet)
 
 
 def int8_method(form: str) -> str:
@@ -181,7 +185,7 @@ def _quantize_int8(folded: Path, dst: Path, form: str) -> None:
 
     if form not in INT8_FORMS:
         raise ValueError(f"unknown int8 form {form!r}; known: {INT8_FORMS}")
-    with _quiet_root_logger():
+    with _quiet_onnxruntime_tools():
         if form == "matmulnbits-8bit":
             _quantize_nbits(onnx.load(str(folded)), dst)
             return
@@ -212,9 +216,10 @@ def fuse_transformer(model: onnx.ModelProto, heads: int, d_model: int) -> onnx.M
     graphs' explicit KV-cache attention, so attention stays as exported."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with _quiet_root_logger():
+    with _quiet_onnxruntime_tools():
         optimized = optimize_model(model, model_type="bart", num_heads=heads, hidden_size=d_model, opt_level=0, use_gpu=False)
-    log.info("fused: %s", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    log.info("fused: %s", fused)
     model = optimized.model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
