@@ -1,5 +1,6 @@
 """Decode speed, side by side in one run: PyTorch without cache, PyTorch with cache, and ONNX
-Runtime with cache through the server's decoding loop. Milliseconds per generated token at
+Runtime with cache through the server's decoding loop, float32 and int8 (the graphs as
+`seqcast quantize` converts them). Milliseconds per generated token at
 batch 1 and batch 16, 64 new tokens per sequence, on real test sentences.
 
 The model has the shape of the reference comparison (d_model 256, 3+3 layers, 4 heads, 8k
@@ -28,6 +29,7 @@ import torch
 from seqcast.export.corpus import read_split
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair, round_weights_fp16
+from seqcast.export.quantize import convert_graph
 from seqcast.export.transformer import Transformer, TransformerConfig
 from seqcast.server.decoding import greedy_decode, pad_batch
 from seqcast.server.manifest import SpecialTokens
@@ -86,8 +88,13 @@ def main() -> None:
     bundle = Path(tempfile.mkdtemp(prefix="seqcast-bench-"))
     export_pair(graphs, bundle, cfg.vocab_size)
 
-    def onnx(threads: int) -> OnnxModel:
-        return OnnxModel(bundle, graphs.encoder_spec, graphs.decoder_spec, RuntimeOptions(device="cpu", intra_op_threads=threads))
+    # The same graphs with int8 weights, as `seqcast quantize` makes them (fused, QInt8 per tensor).
+    int8 = Path(tempfile.mkdtemp(prefix="seqcast-bench-int8-"))
+    for spec in (graphs.encoder_spec, graphs.decoder_spec):
+        convert_graph(bundle / spec.file, int8 / spec.file, "int8", fuse=(cfg.n_heads, cfg.d_model))
+
+    def onnx(threads: int, directory: Path = bundle) -> OnnxModel:
+        return OnnxModel(directory, graphs.encoder_spec, graphs.decoder_spec, RuntimeOptions(device="cpu", intra_op_threads=threads))
 
     torch_threads = torch.get_num_threads()
     systems: list[tuple[str, Callable[[list[list[int]]], None]]] = [
@@ -95,6 +102,8 @@ def main() -> None:
         (f"PyTorch eager, KV cache ({torch_threads} threads)", cached(TorchRuntime(graphs))),
         ("ONNX Runtime, KV cache, server loop (1 thread)", cached(onnx(1))),
         ("ONNX Runtime, KV cache, server loop (2 threads)", cached(onnx(2))),
+        ("ONNX Runtime int8, KV cache, server loop (1 thread)", cached(onnx(1, int8))),
+        ("ONNX Runtime int8, KV cache, server loop (2 threads)", cached(onnx(2, int8))),
     ]
     print(f"decode speed: d_model 256, 3+3 layers, 8k vocabulary, greedy, {NEW_TOKENS} new tokens, median of {args.repeats}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, onnxruntime {ort.__version__}\n")

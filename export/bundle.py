@@ -25,7 +25,7 @@ from seqcast.export.onnx_export import OPSET, export_pair, round_weights_fp16
 from seqcast.export.parity import TOLERANCE, check_parity
 from seqcast.export.train import SPECIAL, load_model
 from seqcast.export.transformer import Transformer
-from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest
+from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest, PrecisionInfo
 from seqcast.server.models import sha256
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,17 @@ def export_info(weights_dtype: str) -> ExportInfo:
 def checksums(work: Path) -> dict[str, str]:
     """sha256 of every file of a bundle directory but the manifest."""
     return {f.name: sha256(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
+
+
+def file_sizes(work: Path) -> dict[str, int]:
+    """Bytes of every file of a bundle directory but the manifest."""
+    return {f.name: f.stat().st_size for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
+
+
+def exported_precision(work: Path, weights_dtype: str) -> PrecisionInfo:
+    """The precision section of a bundle straight from export: float32 compute."""
+    stored = "weights stored as float16, computed in float32" if weights_dtype == "float16" else "float32 weights"
+    return PrecisionInfo(precision="fp32", method=f"exported ({stored})", file_sizes=file_sizes(work))
 
 
 def write_bundle(destination: Path, overwrite: bool, build: Callable[[Path], Manifest]) -> Path:
@@ -121,6 +132,7 @@ def export_bundle(
             files=checksums(work),
             export=export_info("float16"),
             parity=report.to_manifest(),
+            precision=exported_precision(work, "float16"),
             training={
                 "corpus": str(corpus),
                 "config": json.loads((run_dir / "config.json").read_text()),

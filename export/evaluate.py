@@ -21,7 +21,7 @@ import sacrebleu
 
 from seqcast.export.corpus import Pair, encode_sources, read_split
 from seqcast.server.decoding import greedy_tokens
-from seqcast.server.models import load_model
+from seqcast.server.models import LoadedModel, load_model
 from seqcast.server.runtime import RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,17 @@ def corpus_scores(system: str, hypotheses: list[str], references: list[str], sec
     )
 
 
-def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 32, threads: int = 2) -> list[str]:
-    """Greedy translations of `texts` through the served path of a bundle."""
-    model = load_model(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads))
+def translate(model: LoadedModel, texts: list[str], batch_size: int = 32) -> list[str]:
+    """Greedy translations of `texts` by a loaded translation model, the way the server decodes."""
     sources = encode_sources(model.codec.tokenizer, texts, model.manifest.max_source_tokens)
     log.info("translating %d texts with %s", len(texts), model.name)
     outputs = greedy_tokens(model.runtime, model.manifest.special_tokens, sources, model.manifest.max_new_tokens, batch_size)
     return [model.codec.decode(o) for o in outputs]
+
+
+def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 32, threads: int = 2) -> list[str]:
+    """Greedy translations of `texts` through the served path of a bundle."""
+    return translate(load_model(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads)), texts, batch_size)
 
 
 def evaluate_bundle(bundle_dir: Path, pairs: list[Pair]) -> Scores:

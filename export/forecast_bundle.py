@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqcast.export.bundle import checksums, export_info, write_bundle
+from seqcast.export.bundle import checksums, export_info, exported_precision, write_bundle
 from seqcast.export.config import ForecastConfig
 from seqcast.export.forecast_data import TASKS, Window, scaled_contexts, windows
 from seqcast.export.forecast_train import context_length, load_forecaster, min_context, point_column
@@ -145,6 +145,7 @@ def export_forecast_bundle(
             files=checksums(work),
             export=export_info("float32"),
             parity=report.to_manifest(),
+            precision=exported_precision(work, "float32"),
             training={
                 "data": cfg.data,
                 "config": json.loads((run_dir / "config.json").read_text()),

@@ -78,14 +78,17 @@ def baseline_forecasts(task: ForecastTask, items: list[Window], season: int) -> 
     return [Forecasts(name, b.point, b.quantiles, seconds) for name, b in fitted.items()]
 
 
-def score(task: ForecastTask, items: list[Window], season: int, forecasts: list[Forecasts]) -> list[Score]:
-    """Scores every system; relative MASE is against the system named SeasonalNaive."""
+def window_mase(task: ForecastTask, items: list[Window], season: int, point: np.ndarray) -> np.ndarray:
+    """MASE of each window's point forecast (N, H), scaled on the history the baselines see."""
     def history(w: Window) -> np.ndarray:
         return w.history if task.baseline_history is None else w.history[-task.baseline_history :]
 
-    per_window = {
-        f.system: np.array([mase(w.target, p, history(w), season) for w, p in zip(items, f.point)]) for f in forecasts
-    }
+    return np.array([mase(w.target, p, history(w), season) for w, p in zip(items, point)])
+
+
+def score(task: ForecastTask, items: list[Window], season: int, forecasts: list[Forecasts]) -> list[Score]:
+    """Scores every system; relative MASE is against the system named SeasonalNaive."""
+    per_window = {f.system: window_mase(task, items, season, f.point) for f in forecasts}
     naive = per_window["SeasonalNaive"]
     targets = np.stack([w.target for w in items])
     return [

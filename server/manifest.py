@@ -6,6 +6,8 @@ every tensor name from here, never from constants in code. A bundle is a directo
 translation, the tokenizer. Tensor names follow the Optimum convention (`input_ids`,
 `encoder_attention_mask`, `past_key_values.{i}.decoder.key`, `present.{i}.decoder.key`,
 `logits`, ...); forecasting graphs take `input_values` and return `quantiles` (or `mean`).
+The `precision` section says whether the weights are float32 (as exported), int8 or fp16, how
+the bundle was made and how it scored against its float32 source (`seqcast quantize`).
 """
 
 from __future__ import annotations
@@ -146,10 +148,55 @@ class ExportInfo(_Frozen):
     onnx: str
     onnxruntime: str
     opset: int
-    weights_dtype: Literal["float32", "float16"] = Field(
-        description="storage type of large weights in the .onnx files; compute is always float32"
+    weights_dtype: Literal["float32", "float16", "int8"] = Field(
+        description="storage type of large weights in the .onnx files; compute is float32 but in fp16 bundles"
     )
     created: str
+
+
+class Quality(_Frozen):
+    """A precision variant's quality against the float32 bundle it was made from, measured when it
+    was made: chrF on a translation test split, or MASE on forecast test windows."""
+
+    metric: Literal["chrF", "MASE"]
+    # Translation: the most chrF points the variant may lose. Forecast: the most relative MASE
+    # increase (0.01 = 1%).
+    bar: float
+    split: str
+    items: int = Field(description="sentences or windows scored")
+    subset: bool = Field(description="true when only the first `items` of the split were scored")
+    reference: float = Field(description="the float32 source bundle's score")
+    value: float = Field(description="this bundle's score")
+    passed: bool
+    # Translation only.
+    bleu_reference: float | None = None
+    bleu: float | None = None
+    # Teacher-forced: reference tokens fed to both decoders, |log p(reference token)| compared.
+    max_abs_delta_logp: float | None = None
+    mean_abs_delta_logp: float | None = None
+    teacher_forced_tokens: int | None = None
+
+
+class PrecisionInfo(_Frozen):
+    """How the bundle's weights are stored and computed, and how the bundle was made.
+
+    Bundles written before precision variants existed have no such section and read as fp32.
+    """
+
+    precision: Literal["fp32", "int8", "fp16"] = "fp32"
+    method: str = "exported"
+    # Execution providers the bundle is made for: int8 for CPU (integer MatMul kernels), fp16 for CUDA.
+    devices: list[Literal["cpu", "cuda"]] = Field(default_factory=lambda: ["cpu", "cuda"])
+    # The bundle it was converted from ("name vVERSION") and that bundle's decoder checksum.
+    source: str | None = None
+    source_decoder_sha256: str | None = None
+    # Op counts by graph file: the weight ops that read converted weights (int8: MatMulInteger and
+    # the embedding's Gather; fp16: MatMul, Gather), and the MatMuls with a weight before conversion.
+    quantized_ops: dict[str, dict[str, int]] = Field(default_factory=dict)
+    weight_matmuls: dict[str, int] = Field(default_factory=dict)
+    # Bytes by file name.
+    file_sizes: dict[str, int] = Field(default_factory=dict)
+    quality: Quality | None = None
 
 
 class Manifest(_Frozen):
@@ -175,6 +222,8 @@ class Manifest(_Frozen):
     files: dict[str, str]
     export: ExportInfo
     parity: Parity
+    # fp32 unless the bundle is an int8 or fp16 variant; absent in older manifests.
+    precision: PrecisionInfo = Field(default_factory=PrecisionInfo)
     # Free-form training record: data, steps, seed, test-split scores.
     training: dict[str, object] = Field(default_factory=dict)
 
