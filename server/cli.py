@@ -1,7 +1,9 @@
 """`seqcast`: one command with a subcommand per step (data, train, export, evaluate, serve).
 
 The export-path commands live in `seqcast.export.cli` and import torch only when run, so the
-server image (no torch) runs `seqcast serve`.
+server image (no torch) runs `seqcast serve`. The serving runtime is imported only by `serve`,
+so that in a client-only install (`pip install seqcast`) every subcommand says which extra it
+needs instead of failing with a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from seqcast.export import cli as export_cli
 
@@ -38,8 +38,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from seqcast.server.app import serve
-    from seqcast.server.settings import ServerSettings
+    try:
+        from pydantic import ValidationError
+
+        from seqcast.server.app import serve
+        from seqcast.server.settings import ServerSettings
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "seqcast":
+            raise  # a bug in seqcast itself, not a missing extra
+        print(f"error: seqcast serve needs the server extras ({e.name} is missing): "
+              "pip install 'seqcast[server]'", file=sys.stderr)
+        return 2
 
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "log_level")}
     try:

@@ -4,7 +4,9 @@ and a real gRPC server on 127.0.0.1 serving them."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,11 @@ from seqcast.server.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "en-de"
+# The project's own tools come first on PATH, for the tests and every process they start:
+# promtool and prometheus in .tools/bin, kubectl and the console scripts beside this Python
+# (scripts/install-deploy-tools.sh puts them there; `make test` runs it).
+TOOLS_BIN = REPO / ".tools" / "bin"
+os.environ["PATH"] = os.pathsep.join([str(TOOLS_BIN), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 # Small enough to train in well under a minute on 2 cores, trained enough that greedy decoding
 # produces real token sequences (not just end-of-sequence), which the token-equality tests need.
