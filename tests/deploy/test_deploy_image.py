@@ -5,7 +5,6 @@ install."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -28,8 +27,6 @@ GPU, CPU = DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"
 IMAGES = {"gpu": GPU, "cpu": CPU}
 # What the server listens on in the images: gRPC, the plaintext health listener, /metrics.
 PORTS = {50051, 50052, 9464}
-# Sources the wheel is built from: what the Dockerfiles copy into the builder stage.
-WHEEL_SOURCES = ["pyproject.toml", "README.md", "server", "clients", "export", "protos"]
 
 
 # -- A Dockerfile, read as far as these checks need ------------------------------------------
@@ -263,33 +260,7 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies(image: str) -> None
         assert not left_out, f".dockerignore leaves out files under {source}: {left_out[:5]}"
 
 
-# -- The wheel both images install -----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel, built as the Dockerfiles build it (`pip wheel --no-deps`), from a copy
-    of the sources they copy, so the working tree gets no build/ or egg-info."""
-    try:
-        setuptools = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("setuptools is not installed, and building offline needs it in this environment")
-    if int(setuptools.split(".")[0]) < 77:  # pyproject's SPDX `license` string needs 77
-        pytest.skip(f"setuptools {setuptools} is too old to build offline (needs 77+)")
-    root = tmp_path_factory.mktemp("wheel")
-    src = root / "src"
-    src.mkdir()
-    for name in WHEEL_SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(REPO / name, src / name)
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-cache-dir", "-w", str(root / "dist"), str(src)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    (built,) = (root / "dist").glob("seqcast-*.whl")
-    return built
-
+# -- The wheel both images install (built once per session: tests/conftest.py) ----------------
 
 def test_wheel_holds_the_server_and_the_generated_protos(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
