@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 50051
+# Empty: the server's default (9464); 0 picks a free port.
+METRICS_PORT ?=
+DEMO := scripts/demo.py --port $(PORT) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
 .PHONY: serve demo test bench protos clean
 
@@ -26,11 +29,11 @@ $(VENV)/.dev: $(VENV)/.runtime pyproject.toml tests/deploy/crd/package-lock.json
 
 # Serves the bundled models, answers a demo translation through the server, keeps serving.
 serve: $(VENV)/.runtime
-	$(BIN)/python scripts/demo.py --port $(PORT) --keep-serving
+	$(BIN)/python $(DEMO) --keep-serving
 
 # The same demo, then stops the server.
 demo: $(VENV)/.runtime
-	$(BIN)/python scripts/demo.py --port $(PORT)
+	$(BIN)/python $(DEMO)
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
