@@ -30,7 +30,9 @@ SETUP_FILES = [REPO / "Makefile", REPO / ".ci" / "run", REPO / "scripts" / "inst
 
 def fresh_shell_env() -> dict[str, str]:
     """What a new login shell has: no virtual environment, the system's PATH only."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH") and not k.startswith("SEQCAST_")}
+    # Also no make variables of the `make test` that may be running these tests.
+    dropped = {"VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("SEQCAST_")}
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
     return env
 
@@ -42,7 +44,7 @@ def make() -> list[str]:
         pytest.skip("make is not installed")
     if Path(sys.executable).parent != VENV_BIN:
         pytest.skip(f"the tests run in {sys.prefix}, not the Makefile's .venv")
-    if subprocess.run(["make", "-q", ".venv/.runtime"], cwd=REPO, capture_output=True).returncode != 0:
+    if subprocess.run(["make", "-q", ".venv/.runtime"], cwd=REPO, capture_output=True, env=fresh_shell_env()).returncode != 0:
         pytest.skip(".venv/.runtime is out of date (run `make serve` or `make test` once)")
     return ["make", "-s", "-C", str(REPO), "PORT=0", "METRICS_PORT=0"]
 
