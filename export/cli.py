@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Modules of the `train` extra (which includes `server`): a command that misses one says which
+# extra to install instead of failing with a traceback.
+TRAIN_MODULES = frozenset({
+    "torch", "onnx", "onnxscript", "sacrebleu", "polib", "sklearn", "tqdm", "pandas", "tsdata", "statsforecast",
+    "onnxruntime", "tokenizers", "pydantic", "pydantic_settings", "prometheus_client", "grpc_reflection",
+})
+
 
 def _config_flags(p: argparse.ArgumentParser, config: type) -> None:
     """One flag per field of a config dataclass, typed from its annotation (`int | None` takes an int)."""
@@ -266,8 +273,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return commands[args.command](args)
     except ModuleNotFoundError as e:
-        if e.name in ("torch", "onnx", "sacrebleu", "polib", "sklearn", "tqdm", "pandas", "tsdata", "statsforecast"):
+        if e.name is not None and e.name.split(".")[0] in TRAIN_MODULES:
             print(f"error: seqcast {args.command} needs the training extras ({e.name} is missing): "
-                  "pip install -e '.[train]'", file=sys.stderr)
+                  "pip install 'seqcast[train]' (in a checkout: pip install -e '.[train]')", file=sys.stderr)
             return 2
         raise

@@ -1,14 +1,16 @@
 """Starts `seqcast serve` on the bundled models and answers a demo translation and forecast through it.
 
 `make demo` stops the server afterwards; `make serve` (`--keep-serving`) keeps it running,
-relaying its log, until Ctrl-C or SIGTERM.
+relaying its log, until Ctrl-C or SIGTERM, and prints client commands that work as written in any
+new shell: absolute paths to this environment's `seqcast-client` and the sample CSV, no
+activation needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,15 +58,32 @@ def _demo_forecast(client: SeqcastClient) -> None:
         print(f"  {s.name:<24} last {s.values[-1]:.0f} -> {steps}")
 
 
+def client_hints(target: str) -> str:
+    """Client commands against `target`, one a line, that run as written from any directory of a
+    new shell: this environment's `seqcast-client` and the sample CSV by absolute path."""
+    client = shlex.quote(str(Path(sys.executable).absolute().with_name("seqcast-client")))
+    csv = shlex.quote(str(DEMO_SERIES))
+    commands = [
+        'translate "Save changes"',
+        'translate --stream "Open the file"',
+        f"forecast --csv {csv} --horizon 8",
+        f"forecast --csv {csv} --horizon 8 --plot forecast.png",
+        "models",
+    ]
+    return "\n".join(f"  {client} --target {target} {command}" for command in commands)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--model-dir", default="models")
+    parser.add_argument("--metrics-port", type=int, help="port of the server's /metrics, 0 for any free one (default 9464)")
     parser.add_argument("--keep-serving", action="store_true", help="keep the server running after the demo")
     args = parser.parse_args()
-    seqcast = Path(sys.executable).with_name("seqcast")
+    seqcast = Path(sys.executable).absolute().with_name("seqcast")
+    metrics = [] if args.metrics_port is None else ["--metrics-port", str(args.metrics_port)]
     server = subprocess.Popen(
-        [seqcast, "serve", "--model-dir", args.model_dir, "--port", str(args.port)],
+        [seqcast, "serve", "--model-dir", args.model_dir, "--port", str(args.port), *metrics],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     # SIGTERM ends this script the way Ctrl-C does, so the server is stopped in `finally`.
@@ -82,12 +101,7 @@ def main() -> int:
         threading.Thread(target=_relay, args=(server.stdout,), daemon=True).start()
         _demo(target)
         if args.keep_serving:
-            client = shutil.which("seqcast-client") or "seqcast-client"
-            print(f"\nserving on {target} until Ctrl-C. From another shell:\n"
-                  f"  {client} --target {target} translate \"Save changes\"\n"
-                  f"  {client} --target {target} translate --stream \"Open the file\"\n"
-                  f"  {client} --target {target} forecast --csv {DEMO_SERIES} --horizon 8\n"
-                  f"  {client} --target {target} models", flush=True)
+            print(f"\nserving on {target} until Ctrl-C. From another shell:\n{client_hints(target)}\n", flush=True)
             return server.wait()
         return 0
     except KeyboardInterrupt:

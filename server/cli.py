@@ -3,7 +3,9 @@
 The export-path commands live in `seqcast.export.cli` and import torch only when run, so the
 server image (no torch) runs `seqcast serve`. `serve`'s flags are generated from the settings
 model (`seqcast.server.settings`), so every setting is a flag, an environment variable and a
-TOML key, with one default.
+TOML key, with one default. The serving runtime is imported only by `serve`, so that in a
+client-only install (`pip install seqcast`) every subcommand says which extra it needs instead
+of failing with a traceback.
 """
 
 from __future__ import annotations
@@ -13,22 +15,39 @@ import asyncio
 import logging
 import sys
 
-from pydantic import ValidationError
-
 from seqcast.export import cli as export_cli
-from seqcast.server.settings import ServerSettings, add_flags, from_flags
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _missing_extra(error: ModuleNotFoundError) -> str:
+    """The missing third-party module; re-raises when seqcast's own module is missing (a bug)."""
+    if error.name is None or error.name.split(".")[0] == "seqcast":
+        raise error
+    return error.name
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every bundle under --model-dir over gRPC")
+    try:
+        from seqcast.server.settings import add_flags
+    except ModuleNotFoundError as e:  # no server extra: `serve` explains, whatever its flags
+        p.set_defaults(missing=_missing_extra(e))
+        p.add_argument("flags", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
     # The log level is the top-level --log-level (before the subcommand), shared with every command.
     add_flags(p, skip=frozenset({"log_level"}))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "missing", None):
+        print(f"error: seqcast serve needs the server extras ({args.missing} is missing): "
+              "pip install 'seqcast[server]'", file=sys.stderr)
+        return 2
+    from pydantic import ValidationError
+
     from seqcast.server.app import serve
+    from seqcast.server.settings import from_flags
 
     try:
         settings = from_flags(args)

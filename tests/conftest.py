@@ -4,7 +4,11 @@ and a real gRPC server on 127.0.0.1 serving them."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +22,13 @@ from seqcast.server.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "en-de"
+# The project's own tools come first on PATH, for the tests and every process they start:
+# promtool and prometheus in .tools/bin, kubectl and the console scripts beside this Python
+# (scripts/install-deploy-tools.sh puts them there; `make test` runs it).
+TOOLS_BIN = REPO / ".tools" / "bin"
+os.environ["PATH"] = os.pathsep.join([str(TOOLS_BIN), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# Sources the wheel is built from: what the Dockerfiles copy into the builder stage.
+WHEEL_SOURCES = ["pyproject.toml", "README.md", "server", "clients", "export", "protos"]
 
 # Small enough to train in well under a minute on 2 cores, trained enough that greedy decoding
 # produces real token sequences (not just end-of-sequence), which the token-equality tests need.
@@ -112,3 +123,29 @@ def copy_models(model_dir: Path, tmp_path: Path):
         return target
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once per session as the Dockerfiles build it (`pip wheel --no-deps`),
+    from a copy of the sources they copy, so the working tree gets no build/ or egg-info."""
+    try:
+        setuptools = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("setuptools is not installed, and building offline needs it in this environment")
+    if int(setuptools.split(".")[0]) < 77:  # pyproject's SPDX `license` string needs 77
+        pytest.skip(f"setuptools {setuptools} is too old to build offline (needs 77+)")
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    src.mkdir()
+    for name in WHEEL_SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, src / name)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "--no-cache-dir", "-w", str(root / "dist"), str(src)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (built,) = (root / "dist").glob("seqcast-*.whl")
+    return built

@@ -68,8 +68,8 @@ def scrape(port: int) -> str:
 def test_the_exposition_passes_promtool(server: MetricsServer) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.fail("promtool is not on PATH: run the project's setup (`make test` installs Debian's "
-                    "`prometheus` package), or `apt-get install prometheus`")
+        pytest.fail("promtool is not in .tools/bin or on PATH: run the project's setup "
+                    "(`make test`, or `bash scripts/install-deploy-tools.sh .venv`)")
     record_one_request("metrics-promtool")
     text = scrape(server.port)
     assert 'seqcast_model_info{architecture="transformer",execution_provider="CPUExecutionProvider",' \

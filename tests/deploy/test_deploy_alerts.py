@@ -39,7 +39,7 @@ def rules() -> dict[str, Any]:
 def rules_dir(rules: dict[str, Any], tmp_path: Path) -> Path:
     """A directory holding the rules file under the name the unit tests load, and the unit tests."""
     if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
+        pytest.skip("promtool is not installed (bash scripts/install-deploy-tools.sh .venv puts it in .tools/bin)")
     (rule_file,) = yaml.safe_load(UNIT_TESTS.read_text())["rule_files"]
     (tmp_path / rule_file).write_text(yaml.safe_dump(rules, sort_keys=False))
     shutil.copy(UNIT_TESTS, tmp_path / UNIT_TESTS.name)

@@ -5,7 +5,6 @@ install."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -28,8 +27,6 @@ GPU, CPU = DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"
 IMAGES = {"gpu": GPU, "cpu": CPU}
 # What the server listens on in the images: gRPC, the plaintext health listener, /metrics.
 PORTS = {50051, 50052, 9464}
-# Sources the wheel is built from: what the Dockerfiles copy into the builder stage.
-WHEEL_SOURCES = ["pyproject.toml", "README.md", "server", "clients", "export", "protos"]
 
 
 # -- A Dockerfile, read as far as these checks need ------------------------------------------
@@ -163,11 +160,12 @@ def test_hadolint_passes(image: str) -> None:
 
 # -- The GPU image's dependencies ------------------------------------------------------------
 
-def test_gpu_requirements_are_pyprojects_with_onnxruntime_gpu() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    ort = [d for d in project if re.match(r"onnxruntime\s*==", d)]
-    assert len(ort) == 1, f"pyproject should pin onnxruntime exactly once: {project}"
-    expected = [re.sub(r"^onnxruntime(?=\s*==)", "onnxruntime-gpu", d) for d in project]
+def test_gpu_requirements_are_pyprojects_server_extra_with_onnxruntime_gpu() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    server = [*project["dependencies"], *project["optional-dependencies"]["server"]]
+    ort = [d for d in server if re.match(r"onnxruntime\s*==", d)]
+    assert len(ort) == 1, f"the server extra should pin onnxruntime exactly once: {server}"
+    expected = [re.sub(r"^onnxruntime(?=\s*==)", "onnxruntime-gpu", d) for d in server]
     lines = (DOCKER / "requirements-gpu.txt").read_text().splitlines()
     listed = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert listed == expected
@@ -181,6 +179,13 @@ def test_gpu_image_never_installs_the_cpu_onnxruntime() -> None:
     # Everything else (the project's own wheel, whose metadata names onnxruntime) without deps.
     for cmd in installs:
         assert "-r requirements-gpu.txt" in cmd or "--no-deps" in cmd, cmd
+
+
+def test_cpu_image_installs_the_server_extra_of_its_own_wheel() -> None:
+    builder = parse_dockerfile(CPU)[0]
+    installs = [cmd for run in builder.all("RUN") for cmd in re.split(r"&&|;", run) if "pip install" in cmd]
+    assert len(installs) == 1 and '"${wheel}[server]"' in installs[0], installs
+    assert any('wheel="$(echo /wheels/seqcast-*.whl)"' in run for run in builder.all("RUN"))
 
 
 def test_gpu_image_runs_on_cuda_13_with_cudnn() -> None:
@@ -255,33 +260,7 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies(image: str) -> None
         assert not left_out, f".dockerignore leaves out files under {source}: {left_out[:5]}"
 
 
-# -- The wheel both images install -----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel, built as the Dockerfiles build it (`pip wheel --no-deps`), from a copy
-    of the sources they copy, so the working tree gets no build/ or egg-info."""
-    try:
-        setuptools = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("setuptools is not installed, and building offline needs it in this environment")
-    if int(setuptools.split(".")[0]) < 77:  # pyproject's SPDX `license` string needs 77
-        pytest.skip(f"setuptools {setuptools} is too old to build offline (needs 77+)")
-    root = tmp_path_factory.mktemp("wheel")
-    src = root / "src"
-    src.mkdir()
-    for name in WHEEL_SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(REPO / name, src / name)
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-cache-dir", "-w", str(root / "dist"), str(src)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    (built,) = (root / "dist").glob("seqcast-*.whl")
-    return built
-
+# -- The wheel both images install (built once per session: tests/conftest.py) ----------------
 
 def test_wheel_holds_the_server_and_the_generated_protos(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
@@ -291,15 +270,19 @@ def test_wheel_holds_the_server_and_the_generated_protos(wheel: Path) -> None:
         assert name in names, name
 
 
-def test_wheel_requires_no_torch_outside_its_extras(wheel: Path) -> None:
+def test_wheel_requires_onnxruntime_only_in_the_server_extra_and_torch_only_in_train(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         (metadata,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
         requires = [line.split(":", 1)[1].strip() for line in zf.read(metadata).decode().splitlines()
                     if line.startswith("Requires-Dist:")]
-    runtime = [r for r in requires if "extra ==" not in r]
-    names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in runtime}
-    assert names.isdisjoint({"torch", "onnx", "onnxscript"}), runtime
-    assert "onnxruntime" in names and "onnxruntime-gpu" not in names
+
+    def names(extra: str | None) -> set[str]:
+        chosen = [r for r in requires if (f'extra == "{extra}"' in r if extra else "extra ==" not in r)]
+        return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in chosen}
+
+    assert names(None).isdisjoint({"torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu"})
+    assert "onnxruntime" in names("server") and names("server").isdisjoint({"onnxruntime-gpu", "torch"})
+    assert "torch" in names("train")
 
 
 def test_wheel_alone_serves_without_torch(wheel: Path, tmp_path: Path) -> None:

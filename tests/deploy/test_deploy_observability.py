@@ -224,7 +224,7 @@ def test_the_threshold_split_finds_the_top_level_comparison() -> None:
 
 def test_promtool_accepts_the_extracted_rules(tmp_path: Path) -> None:
     if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
+        pytest.skip("promtool is not installed (bash scripts/install-deploy-tools.sh .venv puts it in .tools/bin)")
     if not rule_groups():
         pytest.skip(f"no PrometheusRule in {PROMETHEUS_RULE.relative_to(REPO)}")
     rules = tmp_path / "rules.yaml"
@@ -391,7 +391,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     a scrape or more apart: every histogram series then grows within the rate window (Prometheus
     sees a series first with its first observations already in it, and a rate needs an increase)."""
     if shutil.which("prometheus") is None:
-        pytest.skip("prometheus is not installed (Debian package prometheus, as the Makefile installs it)")
+        pytest.skip("prometheus is not installed (bash scripts/install-deploy-tools.sh .venv puts it in .tools/bin)")
     directory = tmp_path_factory.mktemp("prometheus")
     rules = directory / "rules.yaml" if rule_groups() else None
     if rules:
