@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import signal
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -156,7 +159,10 @@ async def serve(settings: ServerSettings) -> None:
         print(f"  HTTP/JSON: http://{settings.http_host}:{running.http.port}/translate", flush=True)
     if running.metrics is not None:
         print(f"  metrics: http://{settings.metrics_host}:{running.metrics.port}/metrics", flush=True)
-    print(f"  try: seqcast-client --target {address} translate \"Save changes\"", flush=True)
+    # The client beside this interpreter, by full path: the hint works in a new shell as written.
+    client = Path(sys.executable).with_name("seqcast-client")
+    hint = shlex.quote(str(client)) if client.exists() else "seqcast-client"
+    print(f"  try: {hint} --target {address} translate \"Save changes\"", flush=True)
     await stopping.wait()
     log.info("stopping: health NOT_SERVING, finishing in-flight requests (up to %gs)", settings.drain_seconds)
     await running.stop(settings.drain_seconds)
