@@ -32,8 +32,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     try:
         from seqcast.server.settings import add_flags
     except ModuleNotFoundError as e:  # no server extra: `serve` explains, whatever its flags
-        p.set_defaults(missing=_missing_extra(e))
-        p.add_argument("flags", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(missing=_missing_extra(e))  # its flags are unknown then: main lets them pass
         return
     # The log level is the top-level --log-level (before the subcommand), shared with every command.
     add_flags(p, skip=frozenset({"log_level"}))
@@ -72,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "missing", None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "serve":
         return _run_serve(args)
     logging.basicConfig(level=args.log_level or "INFO", format=_LOG_FORMAT)

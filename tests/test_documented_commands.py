@@ -60,6 +60,7 @@ SEQCAST_COMMANDS = {
     "export": "test_train_forecast_and_export",
     "evaluate": "test_evaluate_with_the_baseline",
     "evaluate-forecast": "test_evaluate_forecast",
+    "quantize": "test_precision.py::test_forecast_bundle_quantized_within_one_percent_mase",
     "serve": "test_server.py::test_seqcast_serve_starts_answers_and_stops_on_sigterm",
 }
 CLIENT_COMMANDS = {

@@ -29,7 +29,7 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = No
 
 # Distributions each part of the wheel requires (names as in pyproject.toml).
 BASE = {"grpcio", "grpcio-health-checking", "protobuf", "numpy"}
-SERVER = {"grpcio-reflection", "onnxruntime", "tokenizers", "prometheus-client", "pydantic", "pydantic-settings"}
+SERVER = {"grpcio-reflection", "onnxruntime", "tokenizers", "prometheus-client", "pydantic", "pydantic-settings", "aiohttp"}
 # Generic names a checkout has as folders; an install must bring none of them.
 GENERIC = ["clients", "server", "export", "protos"]
 
