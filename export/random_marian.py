@@ -6,7 +6,9 @@ asked for, `<pad>` last), the tokenizer is saved by `MarianTokenizer.save_pretra
 model by `MarianMTModel.save_pretrained`, with a generation_config.json like OPUS-MT's
 (pad never generated, forced eos, beams). Weights are seeded; their scale is raised above
 transformers' init (std 0.02) so that greedy and beam decoding pick real, varied tokens instead
-of near ties, and an eos bias makes sentences end at varied lengths.
+of near ties, an eos bias makes sentences end at varied lengths, and `<pad>` gets the very
+low logit a trained model gives it (generation masks it out; with a likely pad, masking
+renormalises beam scores differently in transformers and in seqcast, see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class RandomMarian:
     activation: str = "swish"
     scale_embedding: bool = True
     separate_vocabs: bool = False
-    eos_bias: float = 1.5
+    eos_bias: float = 2.2
+    # An untied output layer: with random weights, a tied one mostly repeats the fed token.
+    tie_word_embeddings: bool = False
     seed: int = 0
 
 
@@ -82,6 +86,8 @@ def _randomize(model: Any, spec: RandomMarian) -> None:
                 p.normal_(0.0, 0.1)
         bias = torch.randn_like(model.final_logits_bias) * 0.5
         bias[0, model.config.eos_token_id] += spec.eos_bias
+        # As in a trained OPUS-MT model, <pad> (never a training target) is all but impossible.
+        bias[0, model.config.pad_token_id] = -30.0
         model.final_logits_bias.copy_(bias)
 
 
@@ -118,7 +124,7 @@ def build_random_marian(out_dir: Path, english: list[str], german: list[str], sp
         activation_function=spec.activation, scale_embedding=spec.scale_embedding,
         share_encoder_decoder_embeddings=not spec.separate_vocabs,
         pad_token_id=pad, eos_token_id=0, decoder_start_token_id=target_vocab["<pad>"], forced_eos_token_id=0,
-        dropout=0.1,
+        dropout=0.1, tie_word_embeddings=spec.tie_word_embeddings,
     )
     model = MarianMTModel(config)
     _randomize(model, spec)
