@@ -8,7 +8,7 @@ PORT ?= 50051
 # apt-get needs root: sudo unless we already are.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: serve demo test bench protos clean
+.PHONY: serve demo test bench bench-marian protos clean
 
 # Runtime only (ONNX Runtime, gRPC, tokenizers): no torch.
 $(VENV)/.runtime: pyproject.toml
@@ -39,6 +39,18 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/decode_speed.py
+
+# Optimum (optimum-onnx) needs transformers 4.x, which conflicts with seqcast's pins: it gets its
+# own environment, used only by bench/marian_race.py (torch pinned to the same 2.13.0 wheel).
+.venv-optimum/.done:
+	$(PYTHON) -m venv .venv-optimum
+	.venv-optimum/bin/python -m pip install -q "optimum-onnx[onnxruntime]==0.1.0" "torch==2.13.0" "onnxruntime==1.31.1" "sentencepiece==0.2.3"
+	touch $@
+
+# Imported Marian against Optimum, CTranslate2 and transformers (docs/benchmarks.md).
+bench-marian: $(VENV)/.dev .venv-optimum/.done
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/marian_race.py --rounds 3
 
 protos: $(VENV)/.dev
 	PATH=$(CURDIR)/$(BIN):$$PATH bash protos/generate.sh

@@ -55,6 +55,28 @@ def add_output(model: onnx.ModelProto, layer: int) -> onnx.ModelProto:
     return edited
 
 
+def remove_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of `model` without graph output `name` and the nodes and initializers that only fed it."""
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    graph = pruned.graph
+    keep = [o for o in graph.output if o.name != name]
+    del graph.output[:]
+    graph.output.extend(keep)
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    return pruned
+
+
 def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

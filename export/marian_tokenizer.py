@@ -10,8 +10,11 @@ writes two files the server reads with the `tokenizers` library alone:
     Entries that are source.spm pieces keep their spm scores, so Viterbi segmentation is the
     same as sentencepiece's; the others (target-language pieces of a joint vocabulary) are
     renamed to strings containing a space, which cannot occur after the Metaspace
-    pre-tokenizer, so they are never produced. The normalizer is source.spm's own compiled
-    character map followed by its whitespace rules.
+    pre-tokenizer, so they are never produced; but single characters source.spm does not know
+    stay matchable, as MarianTokenizer looks up the text of spm's unknown pieces in vocab.json.
+    (One difference remains: spm merges a run of unknown characters into one piece, so
+    MarianTokenizer looks up the run, where the converted tokenizer takes each character.) The
+    normalizer is source.spm's own compiled character map followed by its whitespace rules.
   * `target_tokenizer.json` decodes: every id's piece, the Metaspace decoder, and the special
     tokens marked special so decoding skips them as `MarianTokenizer.decode(skip_special_tokens=True)`
     does.
@@ -135,6 +138,11 @@ def source_tokenizer(spm: SpmModel, vocab: list[str], specials: list[str]) -> To
         score, kind = spm.pieces.get(piece, (None, None))
         if kind in (_NORMAL, _USER_DEFINED, _UNKNOWN):
             entries.append((piece, float(score)))
+        elif len(piece) == 1 and piece not in specials:
+            # A character source.spm does not know: spm emits it as an unknown piece whose text
+            # MarianTokenizer then finds in the joint vocab.json. Matchable, but no source piece
+            # covers that character, so it is chosen exactly where spm has an unknown.
+            entries.append((piece, floor - 1.0))
         else:  # never produced by the source side: a name no pre-tokenized text contains
             entries.append((f"{piece} #{i}", floor))
     unk = vocab.index("<unk>") if "<unk>" in vocab else None

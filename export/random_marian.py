@@ -84,6 +84,11 @@ def _randomize(model: Any, spec: RandomMarian) -> None:
                 p.uniform_(0.8, 1.2)
             else:
                 p.normal_(0.0, 0.1)
+        # The pad row stays zero, as nn.Embedding's padding_idx keeps it in a trained model: the
+        # decoder starts from the pad id, and CTranslate2 starts from a zero embedding instead.
+        pad = model.config.pad_token_id
+        for embedding in {id(e): e for e in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens)}.values():
+            embedding.weight[pad].zero_()
         bias = torch.randn_like(model.final_logits_bias) * 0.5
         bias[0, model.config.eos_token_id] += spec.eos_bias
         # As in a trained OPUS-MT model, <pad> (never a training target) is all but impossible.

@@ -10,6 +10,7 @@ server's numpy loop (`greedy_tokens`, `Decoder` with `BeamSequence`) on `OnnxMod
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -52,10 +53,15 @@ class Imported:
 
 
 def _import(root: Path, name: str, spec: RandomMarian, english: list[str], german: list[str]) -> Imported:
+    """Builds the checkpoint under root and runs the README's command in root (bundle in root/models)."""
     checkpoint = build_random_marian(root / f"{name}-checkpoint", english, german, spec)
-    out = root / "models"
-    assert seqcast(["--log-level", "WARNING", "import-hf", str(checkpoint), "--name", name, "--out", str(out), "--no-progress"]) == 0
-    bundle = out / name / "1"
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert seqcast(["--log-level", "WARNING", "import-hf", str(checkpoint), "--name", name]) == 0
+    finally:
+        os.chdir(cwd)
+    bundle = root / "models" / name / "1"
     manifest = Manifest.read(bundle)
     hf = transformers.MarianMTModel.from_pretrained(str(checkpoint), local_files_only=True, attn_implementation="eager").eval()
     tokenizer = transformers.MarianTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
@@ -302,6 +308,26 @@ def test_converted_tokenizer_gives_marian_tokenizer_ids_and_text(marian, which) 
     assert [codec.decode(ids) for ids in target_ids] == m.tokenizer.batch_decode(target_ids, skip_special_tokens=True)
     generated = _generate(m, english[:8], num_beams=1)
     assert [codec.decode(ids) for ids in generated] == m.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+def test_readme_serve_command_serves_the_imported_model(marian, test_sentences) -> None:
+    """`seqcast serve --model-dir models --default-model <imported>`: translations through gRPC
+    are transformers' greedy translations, decoded by MarianTokenizer."""
+    from seqcast.client.client import SeqcastClient
+    from seqcast.server.settings import ServerSettings
+
+    from conftest import ServerThread
+
+    m = marian["main"]
+    texts = test_sentences[:4]
+    expected = m.tokenizer.batch_decode(_generate(m, texts, num_beams=1), skip_special_tokens=True)
+    server = ServerThread(ServerSettings(model_dir=m.bundle.parents[1], port=0, metrics_port=0, default_model=m.manifest.name))
+    try:
+        with SeqcastClient(server.target) as client:
+            got = [t.text for t in client.translate(texts, max_new_tokens=MAX_NEW)]
+    finally:
+        server.stop()
+    assert got == expected
 
 
 # --- refusals ---------------------------------------------------------------------------------------
