@@ -112,7 +112,7 @@ def export_bundle(
             dims=_dims(model),
             special_tokens=SPECIAL,
             tokenizer="tokenizer.json",
-            alignment_layer=graphs.decoder.alignment_layer,
+            alignment_layer=getattr(graphs.decoder, "alignment_layer", None),  # transformers only
             source_language="en",
             target_language="de",
             max_source_tokens=cfg.max_tokens,
