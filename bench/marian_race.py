@@ -23,6 +23,7 @@ out and the reason printed.
 
     python bench/marian_race.py [--rounds 3] [--batch 1 16] [--work .cache/marian-race]
         [--optimum-python .venv-optimum/bin/python] [--small]
+    python bench/marian_race.py --alignment-cost 7      # paired, one process, after a race
 """
 
 from __future__ import annotations
@@ -215,6 +216,37 @@ def _run(command: list[str]) -> str:
     return result.stdout
 
 
+# --- the cost of alignments, paired in one process ------------------------------------------------
+
+
+def alignment_cost(work: Path, batches: list[int], repeats: int) -> str:
+    """Whole 64-token greedy decodes with and without the alignments output, alternating
+    A, B, A, B in one process so both see the same machine load; median and min ms per token."""
+    _one_thread()
+    from seqcast.server.decoding import greedy_decode
+    from seqcast.server.manifest import Manifest
+    from seqcast.server.runtime import OnnxModel, RuntimeOptions
+
+    models = {}
+    for name in ("opus", "opus-noalign"):
+        path = work / "models" / name / "1"
+        models[name] = OnnxModel.from_manifest(path, Manifest.read(path), RuntimeOptions(device="cpu", intra_op_threads=1))
+    special = Manifest.read(work / "models" / "opus" / "1").special_tokens
+    all_sources = json.loads((work / "sources.json").read_text())
+    lines = ["| batch | with alignments, ms / token: median (min) | without: median (min) | cost, medians |", "|---|---|---|---|"]
+    for batch in batches:
+        sources = all_sources[:batch]
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, runtime in models.items():
+                t0 = time.perf_counter()
+                greedy_decode(runtime, special, sources, [NEW_TOKENS] * batch, lambda *_: None)
+                times[name].append((time.perf_counter() - t0) * 1000 / (NEW_TOKENS * batch))
+        a, b = statistics.median(times["opus"]), statistics.median(times["opus-noalign"])
+        lines.append(f"| {batch} | {a:.3f} ({min(times['opus']):.3f}) | {b:.3f} ({min(times['opus-noalign']):.3f}) | {100 * (a - b) / b:+.1f}% |")
+    return "\n".join(lines) + f"\n\n{repeats} paired repeats per batch, {NEW_TOKENS} new tokens per row, one thread."
+
+
 # --- the race -----------------------------------------------------------------------------------
 
 
@@ -267,11 +299,15 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / ".cache" / "marian-race"))
     parser.add_argument("--optimum-python", default=str(REPO / ".venv-optimum" / "bin" / "python"))
     parser.add_argument("--small", action="store_true", help="seqcast's own d=256, 3+3 layers, 4 heads, ffn 1024, 8k shape instead")
+    parser.add_argument("--alignment-cost", type=int, metavar="REPEATS",
+                        help="only the paired with/without alignments comparison, REPEATS decodes each (needs a prepared --work)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--cell-batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         run_cell(args)
+    elif args.alignment_cost:
+        print(alignment_cost(Path(args.work) / ("small" if args.small else "opus"), args.batch, args.alignment_cost))
     else:
         race(args)
 
