@@ -90,8 +90,10 @@ def hf_greedy_uncached(hf_model: Any, sources: list[list[int]], special: Special
 @torch.inference_mode()
 def source_model_diff(hf_model: Any, onnx_rt: OnnxModel, sources: list[list[int]], prefixes: list[list[int]], suppressed: tuple[int, ...]) -> float:
     """Max abs difference between ONNX Runtime's cached logits, one step at a time from past
-    length 0, and `MarianMTModel`'s logits over the whole prefix, for padded batched sources."""
-    special_start = prefixes[0][0]
+    length 0, and `MarianMTModel`'s logits over the whole prefix, for padded batched sources.
+
+    prefixes: per source the decoder tokens (start token first); the first `min(len)` are fed.
+    """
     length = min(len(p) for p in prefixes)
     src, mask = pad_batch(sources, 0, np.int64)
     tgt = torch.tensor([p[:length] for p in prefixes])
@@ -104,7 +106,6 @@ def source_model_diff(hf_model: Any, onnx_rt: OnnxModel, sources: list[list[int]
     shapes = {t.name: t.shape for t in spec.inputs}
     state = {s.input: np.zeros([len(sources), shapes[s.input][1], 0, shapes[s.input][3]], np.float32) for s in spec.state}
     worst = 0.0
-    assert all(p[0] == special_start for p in prefixes)
     for t in range(length):
         feeds = {spec.feed: tgt[:, t : t + 1].numpy(), spec.position_ids: np.full((len(sources), 1), t, np.int64),
                  spec.attention_mask: np.ones((len(sources), t + 1), np.int64), **static, **state}
