@@ -11,7 +11,7 @@ PORT ?= 50051
 METRICS_PORT ?=
 DEMO := scripts/demo.py --port $(PORT) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
-.PHONY: serve demo test bench protos clean
+.PHONY: serve demo test bench bench-marian protos clean
 
 # The server and the client with plots (`seqcast-client forecast --plot`): no torch.
 $(VENV)/.runtime: pyproject.toml
@@ -40,6 +40,18 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/decode_speed.py
+
+# Optimum (optimum-onnx) needs transformers 4.x, which conflicts with seqcast's pins: it gets its
+# own environment, used only by bench/marian_race.py (torch pinned to the same 2.13.0 wheel).
+.venv-optimum/.done:
+	$(PYTHON) -m venv .venv-optimum
+	.venv-optimum/bin/python -m pip install -q "optimum-onnx[onnxruntime]==0.1.0" "torch==2.13.0" "onnxruntime==1.31.1" "sentencepiece==0.2.3"
+	touch $@
+
+# Imported Marian against Optimum, CTranslate2 and transformers (docs/benchmarks.md).
+bench-marian: $(VENV)/.dev .venv-optimum/.done
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/marian_race.py --rounds 3
 
 protos: $(VENV)/.dev
 	PATH=$(CURDIR)/$(BIN):$$PATH bash protos/generate.sh

@@ -123,6 +123,7 @@ def export_bundle(
             dims=_dims(model),
             special_tokens=SPECIAL,
             tokenizer="tokenizer.json",
+            alignment_layer=getattr(graphs.decoder, "alignment_layer", None),  # transformers only
             source_language="en",
             target_language="de",
             max_source_tokens=cfg.max_tokens,

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TRAIN_MODULES = frozenset({
     "torch", "onnx", "onnxscript", "sacrebleu", "polib", "sklearn", "tqdm", "pandas", "tsdata", "statsforecast",
     "onnxruntime", "tokenizers", "pydantic", "pydantic_settings", "prometheus_client", "grpc_reflection",
+    "transformers", "sentencepiece", "safetensors",
 })
 
 
@@ -193,6 +194,43 @@ def _run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_hf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-hf",
+        help="import a local Hugging Face Marian (OPUS-MT) checkpoint directory as a bundle (parity-checked, nothing fetched)",
+    )
+    p.add_argument("directory", type=Path, help="written by MarianMTModel.save_pretrained and MarianTokenizer.save_pretrained")
+    p.add_argument("--name", required=True, help="model name, e.g. opus-en-de")
+    p.add_argument("--out", type=Path, default=Path("models"), help="bundle root (default: models)")
+    p.add_argument("--version", default="1")
+    p.add_argument("--alignment-layer", type=int, help="decoder layer whose cross-attention is the alignments output (default: the penultimate)")
+    p.add_argument("--max-new-tokens", type=int, help="the most tokens a request may ask for (default: generation max_length - 1)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed, transformers vs ONNX Runtime")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle of that name and version")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_import_hf(args: argparse.Namespace) -> int:
+    from seqcast.export.hf_checkpoint import ImportRefused
+    from seqcast.export.hf_import import import_marian
+    from seqcast.export.parity import ParityError
+
+    try:
+        path = import_marian(
+            args.directory, args.out, args.name, args.version, alignment_layer=args.alignment_layer,
+            max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, overwrite=args.overwrite,
+            show_progress=not args.no_progress,
+        )
+    except (ImportRefused, ParityError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build the en-de corpus from fetched gettext catalogs and trans-de-en")
     p.add_argument("--sources", type=Path, default=Path(".cache/corpus-sources"), help="filled by scripts/fetch_corpus_sources.sh")
@@ -261,6 +299,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_forecast(sub)
     _add_export(sub)
     _add_quantize(sub)
+    _add_import_hf(sub)
     _add_evaluate(sub)
     _add_evaluate_forecast(sub)
 
@@ -268,7 +307,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     commands = {
         "data": _run_data, "train": _run_train, "train-forecast": _run_train_forecast, "export": _run_export,
-        "quantize": _run_quantize, "evaluate": _run_evaluate, "evaluate-forecast": _run_evaluate_forecast,
+        "quantize": _run_quantize, "import-hf": _run_import_hf,
+        "evaluate": _run_evaluate, "evaluate-forecast": _run_evaluate_forecast,
     }
     try:
         return commands[args.command](args)

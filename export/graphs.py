@@ -46,14 +46,23 @@ class TransformerEncoderGraph(nn.Module):
         return (states, *(t for kv in cross for t in kv))
 
 
+def default_alignment_layer(layers: int) -> int:
+    """The decoder layer whose cross-attention is exported as alignments: the penultimate one,
+    whose attention follows word alignments best (Garg et al., 2019); 0 with one layer."""
+    return max(layers - 2, 0)
+
+
 class TransformerDecoderGraph(nn.Module):
     """Inputs: input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, then
-    per layer past decoder key/value, then per layer encoder key/value."""
+    per layer past decoder key/value, then per layer encoder key/value. Outputs: logits, per layer
+    present key/value, then alignments (B, T, S): layer `alignment_layer`'s cross-attention
+    averaged over heads."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, alignment_layer: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.layers = len(model.decoder_layers)
+        self.alignment_layer = default_alignment_layer(self.layers) if alignment_layer is None else alignment_layer
 
     def forward(
         self,
@@ -66,16 +75,27 @@ class TransformerDecoderGraph(nn.Module):
         n = self.layers
         past = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
         cross = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
-        logits, present = self.model.decode(
-            input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross
+        logits, present, alignments = self.model.decode_with_alignments(
+            input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross, self.alignment_layer
         )
-        return (logits, *(t for pair in present for t in pair))
+        return (logits, *(t for pair in present for t in pair), alignments)
 
 
-def _kv_specs(
-    layers: int, heads: int, head_dim: int, d_model: int, source: TensorSpec, step_input: TensorSpec, step_output: TensorSpec
+ALIGNMENTS = TensorSpec(name="alignments", dtype=F32, shape=["batch", "new_tokens", "source_length"])
+
+
+def kv_specs(
+    layers: int,
+    heads: int,
+    head_dim: int,
+    d_model: int,
+    source: TensorSpec,
+    step_input: TensorSpec,
+    step_output: TensorSpec,
+    alignments: bool = False,
 ) -> tuple[EncoderSpec, DecoderSpec]:
-    """Encoder and decoder specs of the KV-cache contract, shared by every transformer."""
+    """Encoder and decoder specs of the KV-cache contract, shared by every transformer; with
+    `alignments`, the decoder's last output is `alignments` (B, T, S)."""
     h, dh, n = heads, head_dim, layers
     cross_out = [f"present.{i}.encoder.{kv}" for i in range(n) for kv in ("key", "value")]
     past_in = [f"past_key_values.{i}.decoder.{kv}" for i in range(n) for kv in ("key", "value")]
@@ -104,18 +124,21 @@ def _kv_specs(
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_length", dh]) for name in past_in]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_in],
         outputs=[step_output]
-        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_and_new", dh]) for name in present_out],
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_and_new", dh]) for name in present_out]
+        + ([ALIGNMENTS] if alignments else []),
+        alignments=ALIGNMENTS.name if alignments else None,
     )
     return encoder_spec, decoder_spec
 
 
 def transformer_graphs(model: Transformer) -> GraphPair:
     cfg = model.cfg
-    encoder_spec, decoder_spec = _kv_specs(
+    encoder_spec, decoder_spec = kv_specs(
         cfg.decoder_layers, cfg.n_heads, cfg.head_dim, cfg.d_model,
         source=TensorSpec(name="input_ids", dtype=I64, shape=["batch", "source_length"]),
         step_input=TensorSpec(name="input_ids", dtype=I64, shape=["batch", "new_tokens"]),
         step_output=TensorSpec(name="logits", dtype=F32, shape=["batch", "new_tokens", cfg.vocab_size]),
+        alignments=True,
     )
     return GraphPair(TransformerEncoderGraph(model), TransformerDecoderGraph(model), encoder_spec, decoder_spec)
 
@@ -262,7 +285,7 @@ class ForecastTransformerDecoderGraph(nn.Module):
 
 def forecast_transformer_graphs(model: TransformerForecaster) -> GraphPair:
     cfg = model.cfg
-    encoder_spec, decoder_spec = _kv_specs(
+    encoder_spec, decoder_spec = kv_specs(
         cfg.layers, cfg.n_heads, model.head_dim, cfg.d_model,
         source=_VALUES,
         step_input=TensorSpec(name="input_values", dtype=F32, shape=["batch", "new_tokens"]),

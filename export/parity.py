@@ -45,6 +45,7 @@ class ParityReport:
     max_abs_diff_forecast_scaled: float | None = None
     max_abs_diff_forecast_data: float | None = None
     max_abs_diff_cached_uncached: float | None = None
+    max_abs_diff_source_model: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -63,6 +64,7 @@ class ParityReport:
             max_abs_diff_forecast_scaled=self.max_abs_diff_forecast_scaled,
             max_abs_diff_forecast_data=self.max_abs_diff_forecast_data,
             max_abs_diff_cached_uncached=self.max_abs_diff_cached_uncached,
+            max_abs_diff_source_model=self.max_abs_diff_source_model,
         )
 
 

@@ -82,11 +82,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, D) attends over k, v (B, H, S, Dh); mask (B, 1, T or 1, S) bool, True = attend."""
+        return self.attend(x, k, v, mask)[0]
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """As `forward`, also returning the attention probabilities (B, H, T, S) before dropout."""
         q = self._split(self.q_proj(x)) * (self.head_dim**-0.5)
         scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill(~mask, MASK_VALUE)  # (B, H, T, S)
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        out = torch.matmul(weights, v).transpose(1, 2)  # (B, T, H, Dh)
-        return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(self.dropout(probs), v).transpose(1, 2)  # (B, T, H, Dh)
+        return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1)), probs
 
 
 class FeedForward(nn.Module):
@@ -131,14 +135,22 @@ class DecoderLayer(nn.Module):
         self, x: Tensor, past: KV, self_mask: Tensor, cross: KV, cross_mask: Tensor
     ) -> tuple[Tensor, KV]:
         """Returns the new hidden states and the self-attention K/V with this call's tokens appended."""
+        x, kv, _ = self.forward_with_attention(x, past, self_mask, cross, cross_mask)
+        return x, kv
+
+    def forward_with_attention(
+        self, x: Tensor, past: KV, self_mask: Tensor, cross: KV, cross_mask: Tensor
+    ) -> tuple[Tensor, KV, Tensor]:
+        """As `forward`, also returning the cross-attention probabilities (B, H, T, S)."""
         h = self.norm1(x)
         k_new, v_new = self.self_attn.project_kv(h)
         k = torch.cat([past[0], k_new], dim=2)  # (B, H, P + T, Dh)
         v = torch.cat([past[1], v_new], dim=2)
         x = x + self.dropout(self.self_attn(h, k, v, self_mask))
-        x = x + self.dropout(self.cross_attn(self.norm2(x), cross[0], cross[1], cross_mask))
+        attended, probs = self.cross_attn.attend(self.norm2(x), cross[0], cross[1], cross_mask)
+        x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.norm3(x)))
-        return x, (k, v)
+        return x, (k, v), probs
 
 
 class Transformer(nn.Module):
@@ -197,6 +209,23 @@ class Transformer(nn.Module):
 
         Returns logits (B, T, V) and per layer the present (k, v), each (B, H, P + T, Dh).
         """
+        logits, present, _ = self.decode_with_alignments(
+            input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross, alignment_layer=0
+        )
+        return logits, present
+
+    def decode_with_alignments(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        decoder_attention_mask: Tensor,
+        encoder_attention_mask: Tensor,
+        past: list[KV],
+        cross: list[KV],
+        alignment_layer: int,
+    ) -> tuple[Tensor, list[KV], Tensor]:
+        """As `decode`, also returning layer `alignment_layer`'s cross-attention probabilities
+        averaged over heads, (B, T, S): each row sums to 1 over real source tokens, 0 on padding."""
         p, t = past[0][0].shape[2], input_ids.shape[1]
         # New token i sits at cache index p + i and may see every index up to its own.
         query_index = torch.arange(t, device=input_ids.device).unsqueeze(1) + p  # (T, 1)
@@ -207,11 +236,14 @@ class Transformer(nn.Module):
 
         x = self._embed(input_ids, position_ids)
         present: list[KV] = []
-        for layer, layer_past, layer_cross in zip(self.decoder_layers, past, cross):
-            x, kv = layer(x, layer_past, self_mask, layer_cross, cross_mask)
+        alignments = None
+        for i, (layer, layer_past, layer_cross) in enumerate(zip(self.decoder_layers, past, cross)):
+            x, kv, probs = layer.forward_with_attention(x, layer_past, self_mask, layer_cross, cross_mask)
             present.append(kv)
+            if i == alignment_layer:
+                alignments = probs.mean(dim=1)
         logits = torch.matmul(self.decoder_norm(x), self.embed.weight.t())  # (B, T, V)
-        return logits, present
+        return logits, present, alignments
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T), right-padded with pad_id."""

@@ -82,6 +82,16 @@ class DecoderSpec(_Frozen):
     static: list[StaticSpec]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Optional output (B, new_tokens, source_length): one cross-attention layer's probabilities
+    # averaged over heads (word alignments); each row sums to 1 over real source tokens, 0 on
+    # padding. The step computes it anyway; a caller that does not want it need not read it.
+    alignments: str | None = None
+
+    @model_validator(mode="after")
+    def _alignments_is_an_output(self) -> "DecoderSpec":
+        if self.alignments is not None and self.alignments not in {t.name for t in self.outputs}:
+            raise ValueError(f"decoder alignments {self.alignments!r} is not one of the decoder outputs")
+        return self
 
 
 class SpecialTokens(_Frozen):
@@ -106,6 +116,9 @@ class Parity(_Frozen):
     max_abs_diff_forecast_scaled: float | None = None
     max_abs_diff_forecast_data: float | None = None
     max_abs_diff_cached_uncached: float | None = None
+    # Imported models only: ONNX Runtime's cached step-by-step logits against the source
+    # framework's own model (e.g. transformers' MarianMTModel) on real sentences.
+    max_abs_diff_source_model: float | None = None
 
 
 class ForecastSpec(_Frozen):
@@ -199,21 +212,40 @@ class PrecisionInfo(_Frozen):
     quality: Quality | None = None
 
 
+class ImportSource(_Frozen):
+    """Where an imported bundle came from: a local checkpoint of another framework."""
+
+    framework: Literal["huggingface"]
+    model_type: str
+    # config.json's `_name_or_path` (often the hub name it was first saved from), and the
+    # directory it was imported from.
+    name_or_path: str | None = None
+    directory: str
+    # sha256 of the checkpoint files the bundle was made from, by file name.
+    files: dict[str, str] = Field(default_factory=dict)
+
+
 class Manifest(_Frozen):
     format_version: int = FORMAT_VERSION
     name: str
     version: str
     task: Literal["translation", "forecast"]
-    architecture: Literal["transformer", "gru-attention", "lstm-additive", "lstm-dot", "ar"]
+    # "marian": a post-layer-norm transformer imported from a Hugging Face Marian checkpoint.
+    architecture: Literal["transformer", "marian", "gru-attention", "lstm-additive", "lstm-dot", "ar"]
     # Model dimensions, e.g. layers, heads, head_dim, d_model, vocab_size.
     dims: dict[str, int]
     # Translation only: tokens, tokenizer file and limits.
     special_tokens: SpecialTokens | None = None
+    # `tokenizer` encodes the source; `target_tokenizer`, where present, decodes the output
+    # (a source and a target vocabulary, as Marian has them); otherwise `tokenizer` does both.
     tokenizer: str | None = None
+    target_tokenizer: str | None = None
     max_source_tokens: int | None = None
     max_new_tokens: int | None = None
     source_language: str | None = None
     target_language: str | None = None
+    # Translation with decoder alignments: the decoder layer whose cross-attention they are.
+    alignment_layer: int | None = None
     # Forecast only.
     forecast: ForecastSpec | None = None
     encoder: EncoderSpec
@@ -226,6 +258,8 @@ class Manifest(_Frozen):
     precision: PrecisionInfo = Field(default_factory=PrecisionInfo)
     # Free-form training record: data, steps, seed, test-split scores.
     training: dict[str, object] = Field(default_factory=dict)
+    # Imported bundles only: the checkpoint they were made from.
+    source: ImportSource | None = None
 
     @model_validator(mode="after")
     def _task_fields(self) -> "Manifest":
@@ -233,6 +267,8 @@ class Manifest(_Frozen):
             missing = [f for f in ("special_tokens", "tokenizer", "max_source_tokens", "max_new_tokens") if getattr(self, f) is None]
             if missing or self.forecast is not None:
                 raise ValueError(f"a translation manifest needs {missing} and no forecast section")
+            if (self.decoder.alignments is None) != (self.alignment_layer is None):
+                raise ValueError("decoder.alignments and alignment_layer go together: set both or neither")
         elif self.forecast is None or self.tokenizer is not None:
             raise ValueError("a forecast manifest needs a forecast section and no tokenizer")
         return self

@@ -63,7 +63,7 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
         raise BundleRefused(f"no {MANIFEST_FILE}") from None
     except ValidationError as e:
         raise BundleRefused(f"{MANIFEST_FILE} is not a valid manifest: {e.error_count()} problems, first: {e.errors()[0]['msg']}") from None
-    needed = {manifest.encoder.file, manifest.decoder.file} | ({manifest.tokenizer} if manifest.tokenizer else set())
+    needed = {manifest.encoder.file, manifest.decoder.file} | {f for f in (manifest.tokenizer, manifest.target_tokenizer) if f}
     if missing := needed - set(manifest.files):
         raise BundleRefused(f"manifest lists no checksum for {sorted(missing)}")
     for name, expected in manifest.files.items():
@@ -105,7 +105,8 @@ def load_model(bundle_dir: Path, options: RuntimeOptions) -> LoadedModel:
         raise BundleRefused(f"ONNX Runtime could not load it: {e}") from None
     if manifest.forecast is not None:
         return LoadedModel(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
-    codec = TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos)
+    target = bundle_dir / manifest.target_tokenizer if manifest.target_tokenizer else None
+    codec = TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos, target)
     return LoadedModel(bundle_dir, manifest, runtime, codec, None)
 
 

@@ -1,5 +1,9 @@
 """Text to token ids and back, with the bundle's own `tokenizer.json`.
 
+A bundle with separate source and target vocabularies (imported Marian models) also has a
+`target_tokenizer`: `tokenizer.json` then only encodes the source and the target one decodes.
+Both are plain `tokenizers` files, so serving needs neither sentencepiece nor torch.
+
 `StreamDetokenizer` turns tokens into text pieces as they arrive, incrementally: each call
 decodes only a short window of recent tokens (the tokens of the last piece it emitted, which
 give the window its context, plus the new ones), never the whole text again. Byte-level BPE can
@@ -19,8 +23,9 @@ _INCOMPLETE = "\ufffd"
 
 
 class TextCodec:
-    def __init__(self, tokenizer_file: Path, eos_id: int) -> None:
+    def __init__(self, tokenizer_file: Path, eos_id: int, target_tokenizer_file: Path | None = None) -> None:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.target_tokenizer = Tokenizer.from_file(str(target_tokenizer_file)) if target_tokenizer_file else self.tokenizer
         self.eos_id = eos_id
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -28,7 +33,8 @@ class TextCodec:
         return [e.ids + [self.eos_id] for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        """Text of target token ids, special tokens left out."""
+        return self.target_tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 class StreamDetokenizer:

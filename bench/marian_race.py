@@ -1,0 +1,316 @@
+"""Decode speed of an imported Marian, side by side on identical weights: seqcast, Optimum, CTranslate2, transformers.
+
+A random-weight Marian of opus-mt-en-de's shape (d_model 512, 6+6 layers, 8 heads, ffn 2048,
+58,101 ids with `<pad>` last, swish, scaled embeddings, tied output layer) is written the way
+`save_pretrained` writes OPUS-MT checkpoints, then:
+  * seqcast: `seqcast import-hf`, decoded by the server's numpy loop on `OnnxModel` (greedy);
+  * Optimum: `ORTModelForSeq2SeqLM` exported from the same directory (offline), `generate`;
+  * CTranslate2: `TransformersConverter`, float32, `translate_batch` greedy;
+  * transformers: `MarianMTModel.generate` greedy with its cache.
+Every engine runs on one thread. eos gets a logit bias of -30 so that no engine ends early:
+every row decodes exactly 64 tokens (eos and pad never win). Each cell (engine x batch) runs in
+a fresh process, rounds interleave the engines, and the table gives the median ms per
+generated token (wall time over all tokens of the batch) with the range over rounds, tokens
+per second, the ratio to seqcast, and whether the
+engine's tokens equal seqcast's.
+
+The cost of alignments: the same bundle with and without the `alignments` output (and the
+head-mean feeding it) in decoder.onnx, batch 1 and 16.
+
+Optimum needs transformers 4.x, which conflicts with seqcast's pins: it runs from its own
+environment (`make .venv-optimum`, passed as --optimum-python); without it that column is left
+out and the reason printed.
+
+    python bench/marian_race.py [--rounds 3] [--batch 1 16] [--work .cache/marian-race]
+        [--optimum-python .venv-optimum/bin/python] [--small]
+    python bench/marian_race.py --alignment-cost 7      # paired, one process, after a race
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NEW_TOKENS = 64
+REPO = Path(__file__).resolve().parents[1]
+ENGINES = ("seqcast", "optimum", "ctranslate2", "transformers")
+SHAPES = {
+    "opus": dict(d_model=512, heads=8, encoder_layers=6, decoder_layers=6, ffn=2048, vocab_size=58101, spm_vocab=8000),
+    "small": dict(d_model=256, heads=4, encoder_layers=3, decoder_layers=3, ffn=1024, vocab_size=8000, spm_vocab=3000),
+}
+
+
+# --- cells: each runs in its own process and prints one JSON line ---------------------------------
+
+
+def _one_thread() -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _cell_seqcast(work: Path, sources: list[list[int]], bundle: str) -> tuple[float, list[list[int]]]:
+    import numpy as np
+
+    from seqcast.server.decoding import greedy_decode
+    from seqcast.server.manifest import Manifest
+    from seqcast.server.runtime import OnnxModel, RuntimeOptions
+
+    path = work / "models" / bundle / "1"
+    manifest = Manifest.read(path)
+    runtime = OnnxModel.from_manifest(path, manifest, RuntimeOptions(device="cpu", intra_op_threads=1))
+    special = manifest.special_tokens
+    out: list[list[int]] = [[] for _ in sources]
+
+    def emit(row: int, token: int | None, finish: object) -> None:
+        if token is not None:
+            out[row].append(token)
+
+    greedy_decode(runtime, special, sources[:1], [4], lambda *_: None)  # warm-up
+    t0 = time.perf_counter()
+    greedy_decode(runtime, special, sources, [NEW_TOKENS] * len(sources), emit)
+    del np
+    return time.perf_counter() - t0, out
+
+
+def _cell_transformers(work: Path, sources: list[list[int]]) -> tuple[float, list[list[int]]]:
+    import torch
+    from transformers import MarianMTModel
+
+    torch.set_num_threads(1)
+    model = MarianMTModel.from_pretrained(str(work / "checkpoint"), local_files_only=True).eval()
+    ids, mask = _padded(sources, model.config.pad_token_id)
+    kwargs = dict(do_sample=False, num_beams=1, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, forced_eos_token_id=None)
+    with torch.inference_mode():
+        model.generate(input_ids=torch.tensor(ids[:1]), attention_mask=torch.tensor(mask[:1]), **{**kwargs, "min_new_tokens": 4, "max_new_tokens": 4})
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
+        elapsed = time.perf_counter() - t0
+    return elapsed, [row[1:] for row in out.tolist()]
+
+
+def _cell_optimum(work: Path, sources: list[list[int]]) -> tuple[float, list[list[int]]]:
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    torch.set_num_threads(1)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    model = ORTModelForSeq2SeqLM.from_pretrained(str(work / "optimum"), session_options=options, local_files_only=True)
+    ids, mask = _padded(sources, model.config.pad_token_id)
+    kwargs = dict(do_sample=False, num_beams=1, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, forced_eos_token_id=None)
+    model.generate(input_ids=torch.tensor(ids[:1]), attention_mask=torch.tensor(mask[:1]), **{**kwargs, "min_new_tokens": 4, "max_new_tokens": 4})
+    t0 = time.perf_counter()
+    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
+    elapsed = time.perf_counter() - t0
+    return elapsed, [row[1:] for row in out.tolist()]
+
+
+def _cell_ctranslate2(work: Path, sources: list[list[int]]) -> tuple[float, list[list[int]]]:
+    import ctranslate2
+
+    vocab = json.loads((work / "checkpoint" / "vocab.json").read_text())
+    pieces = {i: p for p, i in vocab.items()}
+    translator = ctranslate2.Translator(str(work / "ctranslate2"), device="cpu", intra_threads=1, inter_threads=1, compute_type="float32")
+    batch = [[pieces[i] for i in s] for s in sources]
+    kwargs = dict(beam_size=1, min_decoding_length=NEW_TOKENS, max_decoding_length=NEW_TOKENS, return_scores=False)
+    translator.translate_batch(batch[:1], **{**kwargs, "min_decoding_length": 4, "max_decoding_length": 4})
+    t0 = time.perf_counter()
+    results = translator.translate_batch(batch, **kwargs)
+    elapsed = time.perf_counter() - t0
+    return elapsed, [[vocab[t] for t in r.hypotheses[0]] for r in results]
+
+
+def _padded(sources: list[list[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:
+    width = max(len(s) for s in sources)
+    return [s + [pad] * (width - len(s)) for s in sources], [[1] * len(s) + [0] * (width - len(s)) for s in sources]
+
+
+def run_cell(args: argparse.Namespace) -> None:
+    _one_thread()
+    work = Path(args.work)
+    sources = json.loads((work / "sources.json").read_text())[: args.cell_batch]
+    engine = args.cell
+    if engine.startswith("seqcast"):
+        elapsed, tokens = _cell_seqcast(work, sources, "opus-noalign" if engine == "seqcast-noalign" else "opus")
+    else:
+        elapsed, tokens = {"transformers": _cell_transformers, "optimum": _cell_optimum, "ctranslate2": _cell_ctranslate2}[engine](work, sources)
+    print(json.dumps({"seconds": elapsed, "tokens": tokens}))
+
+
+# --- preparation (once, in this process) --------------------------------------------------------
+
+
+def prepare(work: Path, shape: str, optimum_python: str | None) -> dict[str, str]:
+    """Builds the checkpoint and every engine's model under `work`; returns engines left out and why."""
+    from seqcast.export.corpus import read_split
+    from seqcast.export.random_marian import RandomMarian, build_random_marian
+
+    skipped: dict[str, str] = {}
+    checkpoint = work / "checkpoint"
+    if not (checkpoint / "config.json").exists():
+        pairs = read_split(REPO / "data" / "en-de", "train", 20000)
+        spec = RandomMarian(**SHAPES[shape], max_position_embeddings=512, activation="swish",
+                            scale_embedding=True, tie_word_embeddings=True, eos_bias=-30.0, seed=0)
+        build_random_marian(checkpoint, [p.en for p in pairs], [p.de for p in pairs], spec)
+    from transformers import MarianTokenizer
+
+    tokenizer = MarianTokenizer.from_pretrained(str(checkpoint))
+    texts = [p.en for p in read_split(REPO / "data" / "en-de", "test", 200)[100:116]]
+    (work / "sources.json").write_text(json.dumps(tokenizer(texts).input_ids))
+    if not (work / "models" / "opus" / "1").exists():
+        _run([sys.executable, "-m", "seqcast.server.cli", "--log-level", "WARNING", "import-hf", str(checkpoint),
+              "--name", "opus", "--out", str(work / "models"), "--overwrite"])
+    if not (work / "models" / "opus-noalign" / "1").exists():
+        _without_alignments(work / "models" / "opus" / "1", work / "models" / "opus-noalign" / "1")
+    if not (work / "ctranslate2" / "model.bin").exists():
+        try:
+            import ctranslate2.converters
+
+            ctranslate2.converters.TransformersConverter(str(checkpoint)).convert(str(work / "ctranslate2"), force=True)
+        except Exception as e:  # missing extra, or a converter that does not take this transformers
+            skipped["ctranslate2"] = f"conversion failed: {type(e).__name__}: {e}"
+    if optimum_python is None or not Path(optimum_python).exists():
+        skipped["optimum"] = "no Optimum environment (make .venv-optimum)"
+    elif not (work / "optimum" / "decoder_model.onnx").exists() and not (work / "optimum" / "decoder_model_merged.onnx").exists():
+        code = ("from optimum.onnxruntime import ORTModelForSeq2SeqLM; import sys; "
+                "m = ORTModelForSeq2SeqLM.from_pretrained(sys.argv[1], export=True, local_files_only=True); m.save_pretrained(sys.argv[2])")
+        result = subprocess.run([optimum_python, "-c", code, str(checkpoint), str(work / "optimum")], capture_output=True, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if result.returncode:
+            skipped["optimum"] = "export failed: " + result.stderr.strip().splitlines()[-1]
+    return skipped
+
+
+def _without_alignments(bundle: Path, out: Path) -> None:
+    """A copy of the bundle whose decoder graph has no alignments output."""
+    import shutil
+
+    import onnx
+
+    from seqcast.export.bundle import checksums
+    from seqcast.server.manifest import Manifest
+
+    from seqcast.export.add_alignments import remove_output
+
+    shutil.copytree(bundle, out)
+    onnx.save_model(remove_output(onnx.load(str(out / "decoder.onnx")), "alignments"), str(out / "decoder.onnx"))
+    manifest = Manifest.read(out)
+    decoder = manifest.decoder.model_copy(update={"outputs": [o for o in manifest.decoder.outputs if o.name != "alignments"], "alignments": None})
+    Manifest.model_validate({**manifest.model_dump(), "name": "opus-noalign", "decoder": decoder.model_dump(),
+                             "alignment_layer": None, "files": checksums(out)}).write(out)
+
+
+def _run(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+# --- the cost of alignments, paired in one process ------------------------------------------------
+
+
+def alignment_cost(work: Path, batches: list[int], repeats: int) -> str:
+    """Whole 64-token greedy decodes with and without the alignments output, alternating
+    A, B, A, B in one process so both see the same machine load; median and min ms per token."""
+    _one_thread()
+    from seqcast.server.decoding import greedy_decode
+    from seqcast.server.manifest import Manifest
+    from seqcast.server.runtime import OnnxModel, RuntimeOptions
+
+    models = {}
+    for name in ("opus", "opus-noalign"):
+        path = work / "models" / name / "1"
+        models[name] = OnnxModel.from_manifest(path, Manifest.read(path), RuntimeOptions(device="cpu", intra_op_threads=1))
+    special = Manifest.read(work / "models" / "opus" / "1").special_tokens
+    all_sources = json.loads((work / "sources.json").read_text())
+    lines = ["| batch | with alignments, ms / token: median (min) | without: median (min) | cost, medians |", "|---|---|---|---|"]
+    for batch in batches:
+        sources = all_sources[:batch]
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, runtime in models.items():
+                t0 = time.perf_counter()
+                greedy_decode(runtime, special, sources, [NEW_TOKENS] * batch, lambda *_: None)
+                times[name].append((time.perf_counter() - t0) * 1000 / (NEW_TOKENS * batch))
+        a, b = statistics.median(times["opus"]), statistics.median(times["opus-noalign"])
+        lines.append(f"| {batch} | {a:.3f} ({min(times['opus']):.3f}) | {b:.3f} ({min(times['opus-noalign']):.3f}) | {100 * (a - b) / b:+.1f}% |")
+    return "\n".join(lines) + f"\n\n{repeats} paired repeats per batch, {NEW_TOKENS} new tokens per row, one thread."
+
+
+# --- the race -----------------------------------------------------------------------------------
+
+
+def race(args: argparse.Namespace) -> None:
+    work = Path(args.work) / ("small" if args.small else "opus")
+    work.mkdir(parents=True, exist_ok=True)
+    skipped = prepare(work, "small" if args.small else "opus", args.optimum_python)
+    engines = [e for e in ENGINES if e not in skipped] + ["seqcast-noalign"]
+    times: dict[tuple[str, int], list[float]] = {}
+    tokens: dict[tuple[str, int], list[list[int]]] = {}
+    for r in range(args.rounds):
+        for batch in args.batch:
+            for engine in engines if r % 2 == 0 else list(reversed(engines)):
+                python = args.optimum_python if engine == "optimum" else sys.executable
+                out = json.loads(_run([python, __file__, "--cell", engine, "--cell-batch", str(batch), "--work", str(work)]).strip().splitlines()[-1])
+                ms = out["seconds"] * 1000 / (NEW_TOKENS * batch)
+                times.setdefault((engine, batch), []).append(ms)
+                tokens[(engine, batch)] = out["tokens"]
+                print(f"round {r + 1} batch {batch:>2} {engine:>16}: {ms:7.3f} ms/token", file=sys.stderr, flush=True)
+    print(table(engines, args.batch, times, tokens, skipped, args))
+
+
+def table(engines: list[str], batches: list[int], times: dict, tokens: dict, skipped: dict[str, str], args: argparse.Namespace) -> str:
+    lines = ["| engine | batch | ms / token, median (range) | tokens / s | vs seqcast | tokens equal seqcast's |", "|---|---|---|---|---|---|"]
+    for batch in batches:
+        base = statistics.median(times[("seqcast", batch)])
+        for engine in engines:
+            t = times[(engine, batch)]
+            med = statistics.median(t)
+            same = sum(a == b for a, b in zip(tokens[(engine, batch)], tokens[("seqcast", batch)]))
+            rows_ok = all(len(row) == NEW_TOKENS for row in tokens[(engine, batch)])
+            lines.append(f"| {engine} | {batch} | {med:.3f} ({min(t):.3f}-{max(t):.3f}) | {1000 / med:.0f} | "
+                         f"{med / base:.2f}x | {same}/{batch} rows{'' if rows_ok else ' (not all 64 long)'} |")
+    for engine, why in skipped.items():
+        lines.append(f"\n{engine} left out: {why}")
+    flags = []
+    for key, value in vars(args).items():
+        if key in ("cell", "cell_batch") or value in (None, False):
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+    command = "python bench/marian_race.py " + " ".join(flags)
+    return "\n".join(lines) + f"\n\n{args.rounds} rounds, {NEW_TOKENS} new tokens per row, one thread per engine.\nCommand: `{command}`"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--work", default=str(REPO / ".cache" / "marian-race"))
+    parser.add_argument("--optimum-python", default=str(REPO / ".venv-optimum" / "bin" / "python"))
+    parser.add_argument("--small", action="store_true", help="seqcast's own d=256, 3+3 layers, 4 heads, ffn 1024, 8k shape instead")
+    parser.add_argument("--alignment-cost", type=int, metavar="REPEATS",
+                        help="only the paired with/without alignments comparison, REPEATS decodes each (needs a prepared --work)")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    parser.add_argument("--cell-batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        run_cell(args)
+    elif args.alignment_cost:
+        print(alignment_cost(Path(args.work) / ("small" if args.small else "opus"), args.batch, args.alignment_cost))
+    else:
+        race(args)
+
+
+if __name__ == "__main__":
+    main()
