@@ -61,6 +61,7 @@ SEQCAST_COMMANDS = {
     "evaluate": "test_evaluate_with_the_baseline",
     "evaluate-forecast": "test_evaluate_forecast",
     "quantize": "test_precision.py::test_forecast_bundle_quantized_within_one_percent_mase",
+    "import-hf": "test_marian_import.py::test_import_writes_a_parity_checked_bundle_the_server_loads",
     "serve": "test_server.py::test_seqcast_serve_starts_answers_and_stops_on_sigterm",
 }
 CLIENT_COMMANDS = {
