@@ -72,9 +72,7 @@ class TransformerDecoderGraph(nn.Module):
         encoder_attention_mask: Tensor,
         *kv: Tensor,
     ) -> tuple[Tensor, ...]:
-        n = self.layers
-        past = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
-        cross = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
+        past, cross = split_kv(kv, self.layers)
         logits, present, alignments = self.model.decode_with_alignments(
             input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross, self.alignment_layer
         )
@@ -82,6 +80,14 @@ class TransformerDecoderGraph(nn.Module):
 
 
 ALIGNMENTS = TensorSpec(name="alignments", dtype=F32, shape=["batch", "new_tokens", "source_length"])
+
+
+def split_kv(kv: tuple[Tensor, ...], layers: int) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+    """A decoder step's flat cache inputs (every layer's self-attention key and value, then every
+    layer's cross-attention key and value) as (key, value) pairs per layer: (past, cross)."""
+    past = [(kv[2 * i], kv[2 * i + 1]) for i in range(layers)]
+    cross = [(kv[2 * layers + 2 * i], kv[2 * layers + 2 * i + 1]) for i in range(layers)]
+    return past, cross
 
 
 def kv_specs(
@@ -274,9 +280,7 @@ class ForecastTransformerDecoderGraph(nn.Module):
         last_season: Tensor,
         *kv: Tensor,
     ) -> tuple[Tensor, ...]:
-        n = self.layers
-        past = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
-        cross = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
+        past, cross = split_kv(kv, self.layers)
         quantiles, present = self.model.decode(
             input_values, position_ids, decoder_attention_mask, encoder_attention_mask, last_season, past, cross
         )

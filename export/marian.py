@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seqcast.export.graphs import F32, I64, GraphPair, default_alignment_layer, kv_specs
+from seqcast.export.graphs import F32, I64, GraphPair, default_alignment_layer, kv_specs, split_kv
 from seqcast.export.hf_checkpoint import MarianCheckpoint
 from seqcast.server.manifest import TensorSpec
 
@@ -138,9 +138,7 @@ class MarianDecoderGraph(nn.Module):
         encoder_attention_mask: Tensor,
         *kv: Tensor,
     ) -> tuple[Tensor, ...]:
-        n = self.layers
-        past = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
-        cross = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
+        past, cross = split_kv(kv, self.layers)
         p, t = past[0][0].shape[2], input_ids.shape[1]
         # New token i sits at cache index p + i and sees every real index up to its own.
         causal = torch.arange(p + t, device=input_ids.device)[None, :] <= (torch.arange(t, device=input_ids.device)[:, None] + p)
