@@ -175,7 +175,10 @@ class RequestHandle:
                 self.cancel()
 
     def cancel(self) -> None:
-        """Ends the request at the decoding thread's next step and frees its rows."""
+        """Ends the request at the decoding thread's next step and frees its rows (nothing to do
+        once it ended)."""
+        if self._ended:
+            return
         self.cancelled = True
         self._scheduler._wake()
 
