@@ -72,39 +72,44 @@ def _lines(stream: object) -> queue.Queue[str | None]:
 
 
 @pytest.fixture(scope="module")
-def serving(make: list[str]) -> Iterator[list[str]]:
+def serving(make: list[str]) -> Iterator[tuple[list[str], str]]:
     """`make serve` running; yields the client commands it printed (the lines after "From another
-    shell:" up to a blank line)."""
+    shell:" up to a blank line) and the server's own `try:` hint."""
     server = subprocess.Popen([*make, "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=fresh_shell_env(), start_new_session=True)
     try:
-        lines, seen, hints = _lines(server.stdout), [], None
+        lines, seen, hints, server_hint = _lines(server.stdout), [], None, ""
         while True:
             line = lines.get(timeout=120)
             if line is None:
                 pytest.fail("make serve exited:\n" + "".join(seen[-40:]))
             seen.append(line)
+            if line.strip().startswith("try: "):
+                server_hint = line.strip().removeprefix("try: ")
             if "From another shell:" in line:
                 hints = []
             elif hints is not None and line.strip():
                 hints.append(line.strip())
             elif hints is not None:
                 break
-        yield hints
+        assert server_hint, "the server printed no try: hint"
+        yield hints, server_hint
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # make, demo.py and the server: as Ctrl-C would
         server.wait(timeout=60)
 
 
-def test_make_serve_prints_client_commands_for_every_call(serving: list[str]) -> None:
+def test_make_serve_prints_client_commands_for_every_call(serving: tuple[list[str], str]) -> None:
+    serving, _ = serving
     calls = [re.sub(r"^.*?--target \S+ ", "", hint).split()[0] for hint in serving]
     assert calls == ["translate", "translate", "forecast", "forecast", "models"], serving
     assert any("--plot" in hint for hint in serving)
 
 
-def test_make_serves_hints_work_as_written_in_a_new_shell(serving: list[str], tmp_path: Path) -> None:
+def test_make_serves_hints_work_as_written_in_a_new_shell(serving: tuple[list[str], str], tmp_path: Path) -> None:
+    hints, server_hint = serving
     # Another directory, no activated environment, the system's PATH: what a new terminal has.
-    for hint in serving:
+    for hint in [*hints, server_hint]:
         out = subprocess.run(["bash", "-c", hint], cwd=tmp_path, env=fresh_shell_env(), capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, f"{hint}\n{out.stdout}{out.stderr}"
