@@ -65,9 +65,11 @@ def texts_for_bench() -> list[str]:
     return [t for t in texts if len(t) <= 200]
 
 
-def bare_cell(batch: int, args: argparse.Namespace) -> float:
-    """Tokens/s of the bare loop: greedy batches of `batch` texts, each decoding exactly
-    max_new_tokens (end-of-sequence held back), for `duration` seconds after `warmup`."""
+def bare_cell(batch: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Tokens/s of the bare loop, and its CPU ms per token: greedy batches of `batch` texts, each
+    decoding exactly max_new_tokens (end-of-sequence held back), for `duration` seconds after
+    `warmup`. ONNX Runtime runs on the calling thread (one intra-op thread), so its CPU time is
+    the loop's."""
     model = load_model(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
     special = model.manifest.special_tokens
     sources = model.codec.encode(texts_for_bench())
@@ -82,19 +84,59 @@ def bare_cell(batch: int, args: argparse.Namespace) -> float:
     warm_until = time.perf_counter() + args.warmup
     while time.perf_counter() < warm_until:
         one_batch()
-    tokens, started = 0, time.perf_counter()
+    tokens, started, cpu = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - started < args.duration:
         tokens += one_batch()
-    return tokens / (time.perf_counter() - started)
+    return tokens / (time.perf_counter() - started), (time.thread_time() - cpu) / tokens * 1e3
 
 
-def run_bare(batch: int, args: argparse.Namespace) -> float:
+def run_bare(batch: int, args: argparse.Namespace) -> tuple[float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--bare", str(batch), "--duration", str(args.duration), "--warmup", str(args.warmup),
          "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)],
         capture_output=True, text=True, check=True,
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, cpu_ms = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu_ms)
+
+
+@dataclass(frozen=True)
+class ThreadTime:
+    """Seconds a thread ran on a core, and seconds it was runnable but waited for one."""
+
+    running: float
+    waiting: float
+
+
+def thread_times(pid: int) -> dict[int, ThreadTime]:
+    """Every thread of process `pid`, by thread id, from the kernel's scheduler statistics
+    (/proc/<pid>/task/<tid>/schedstat: nanoseconds on a core, nanoseconds on a run queue)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            running, waiting = (task / "schedstat").read_text().split()[:2]
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = ThreadTime(int(running) / 1e9, int(waiting) / 1e9)
+    return out
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """Where a server's time went during one cell, in cores (seconds per second of the cell)."""
+
+    decode_running: float  # the decoding thread on a core
+    decode_waiting: float  # the decoding thread runnable, waiting for a core
+    other_running: float  # every other thread (gRPC, the event loop, the task layer) together
+
+
+def cpu_split(before: dict[int, ThreadTime], after: dict[int, ThreadTime], seconds: float) -> CpuSplit:
+    """The busiest thread is the decoding thread (ONNX Runtime runs on it with one intra-op thread)."""
+    zero = ThreadTime(0.0, 0.0)
+    used = {t: ThreadTime(a.running - before.get(t, zero).running, a.waiting - before.get(t, zero).waiting) for t, a in after.items()}
+    top = max(used, key=lambda t: used[t].running)
+    others = sum(u.running for t, u in used.items() if t != top)
+    return CpuSplit(used[top].running / seconds, used[top].waiting / seconds, others / seconds)
 
 
 @dataclass(frozen=True)
@@ -108,30 +150,8 @@ class Cell:
     ttft_p99_ms: float
     requests: int
     errors: int
-    # Cores the server process used: its decoding thread, and every other thread together.
-    decode_cores: float = 0.0
-    other_cores: float = 0.0
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of process `pid`, by thread id (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
-def cpu_split(before: dict[int, float], after: dict[int, float], seconds: float) -> tuple[float, float]:
-    """Cores used over `seconds` by the busiest thread (the decoding thread: ONNX Runtime runs on
-    it with one intra-op thread) and by all the others (gRPC, the event loop, the task layer)."""
-    used = {t: after[t] - before.get(t, 0.0) for t in after}
-    top = max(used.values())
-    return top / seconds, (sum(used.values()) - top) / seconds
+    # Medians of the server's CpuSplit over the rounds.
+    cpu: CpuSplit = CpuSplit(0.0, 0.0, 0.0)
 
 
 def _cell(runs: list[LoadSummary]) -> Cell:
@@ -141,11 +161,11 @@ def _cell(runs: list[LoadSummary]) -> Cell:
                 sum(r.completed for r in runs), sum(sum(r.errors.values()) for r in runs))
 
 
-def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[float]]]:
+def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[tuple[float, float]]]]:
     servers = {policy: serve(policy, args.threads) for policy in POLICIES}
     runs: dict[tuple[str, int], list[LoadSummary]] = {}
-    bare: dict[int, list[float]] = {}
-    cpu: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    bare: dict[int, list[tuple[float, float]]] = {}
+    cpu: dict[tuple[str, int], list[CpuSplit]] = {}
     exact = args.max_new_tokens if args.exact else None
     try:
         for _, target in servers.values():
@@ -156,14 +176,14 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
             for r in range(args.rounds):
                 for cell in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
                     if cell == "bare":
-                        rate = run_bare(clients, args)
-                        bare.setdefault(clients, []).append(rate)
+                        rate, cpu_ms = run_bare(clients, args)
+                        bare.setdefault(clients, []).append((rate, cpu_ms))
                     else:
                         pid = servers[cell][0].pid
-                        before, t0 = thread_cpu(pid), time.perf_counter()
+                        before, t0 = thread_times(pid), time.perf_counter()
                         s = run_load(servers[cell][1], clients, args.duration, max_new_tokens=args.max_new_tokens,
                                      min_new_tokens=exact, texts=texts, warmup=args.warmup, drain_timeout=120)
-                        split = cpu_split(before, thread_cpu(pid), time.perf_counter() - t0)
+                        split = cpu_split(before, thread_times(pid), time.perf_counter() - t0)
                         runs.setdefault((cell, clients), []).append(s)
                         cpu.setdefault((cell, clients), []).append(split)
                         rate = s.output_tokens_per_s or 0
@@ -173,29 +193,33 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
             proc.terminate()
             proc.wait(timeout=60)
     cells = {key: _cell(v) for key, v in runs.items()}
-    cells = {key: Cell(**{**c.__dict__, "decode_cores": statistics.median(d for d, _ in cpu[key]),
-                          "other_cores": statistics.median(o for _, o in cpu[key])}) for key, c in cells.items()}
-    return cells, bare
+    medians = {key: CpuSplit(*(statistics.median(getattr(c, f) for c in splits) for f in ("decode_running", "decode_waiting", "other_running")))
+               for key, splits in cpu.items()}
+    return {key: Cell(**{**c.__dict__, "cpu": medians[key]}) for key, c in cells.items()}, bare
 
 
-def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[float]], args: argparse.Namespace) -> None:
+def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[tuple[float, float]]], args: argparse.Namespace) -> None:
     print("| clients | bare loop tok/s (batch = clients) | in-flight tok/s | in-flight / bare | static tok/s | none tok/s "
           "| in-flight / none | TTFT p50 ms in-flight / static / none | TTFT p99 ms in-flight / static / none | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.concurrency:
         i, s, z = (cells[(p, n)] for p in POLICIES)
-        b = statistics.median(bare[n])
-        print(f"| {n} | {b:,.0f} ({min(bare[n]):,.0f}-{max(bare[n]):,.0f}) | {i.tokens_per_s:,.0f} ({i.low:,.0f}-{i.high:,.0f}) "
+        rates = [r for r, _ in bare[n]]
+        b = statistics.median(rates)
+        print(f"| {n} | {b:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | {i.tokens_per_s:,.0f} ({i.low:,.0f}-{i.high:,.0f}) "
               f"| {i.tokens_per_s / b:.2f} | {s.tokens_per_s:,.0f} | {z.tokens_per_s:,.0f} | {i.tokens_per_s / max(z.tokens_per_s, 1e-9):.2f}x "
               f"| {i.ttft_p50_ms:.0f} / {s.ttft_p50_ms:.0f} / {z.ttft_p50_ms:.0f} "
               f"| {i.ttft_p99_ms:.0f} / {s.ttft_p99_ms:.0f} / {z.ttft_p99_ms:.0f} | {i.errors + s.errors + z.errors} |")
-    print("\nServer CPU during the in-flight cells (cores, medians): the decoding thread, and every other "
-          "thread (gRPC, the event loop, the task layer) together.\n")
-    print("| clients | decoding thread | other threads |")
-    print("|---|---|---|")
+    print("\nWhere the in-flight server's time went (medians over rounds): the decoding thread's cores on a core and "
+          "waiting for one (runnable, on a run queue; a thread blocked on the interpreter lock sleeps and shows in "
+          "neither), its CPU per generated token against the bare loop's, and every other server thread's cores.\n")
+    print("| clients | decoding thread running | decoding thread waiting for a core | CPU ms / token: decoding thread / bare loop | other threads running |")
+    print("|---|---|---|---|---|")
     for n in args.concurrency:
         c = cells[("inflight", n)]
-        print(f"| {n} | {c.decode_cores:.2f} | {c.other_cores:.2f} |")
+        per_token = c.cpu.decode_running / max(c.tokens_per_s, 1e-9) * 1e3
+        bare_ms = statistics.median(ms for _, ms in bare[n])
+        print(f"| {n} | {c.cpu.decode_running:.2f} | {c.cpu.decode_waiting:.2f} | {per_token:.3f} / {bare_ms:.3f} | {c.cpu.other_running:.2f} |")
 
 
 def main() -> None:
@@ -211,7 +235,7 @@ def main() -> None:
     parser.add_argument("--bare", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
-        print(bare_cell(args.bare, args))
+        print(*bare_cell(args.bare, args))
         return
     texts = texts_for_bench()
     lengths = f"exactly {args.max_new_tokens}" if args.exact else f"up to {args.max_new_tokens}"
