@@ -27,6 +27,7 @@ from seqcast.inference import grpc_service_pb2 as inference_pb
 from seqcast.inference import grpc_service_pb2_grpc as inference_grpc
 from seqcast.server import metrics
 from seqcast.server.http import HttpServer, start_http
+from seqcast.server.malformed import MalformedRequests
 from seqcast.server.kserve import InferenceServicer
 from seqcast.server.metrics import MetricsServer
 from seqcast.server.models import ModelRegistry
@@ -112,7 +113,8 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
         settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model,
         SchedulerLimits.from_settings(settings),
     )
-    server = grpc.aio.server(options=server_options(settings))
+    malformed = MalformedRequests()
+    server = grpc.aio.server(options=server_options(settings), interceptors=[malformed])
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
     pb_grpc.add_ForecastingServicer_to_server(ForecastingServicer(registry, settings), server)
     pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
@@ -127,7 +129,7 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     await server.start()
     health_server, health_port = None, None
     if settings.health_port is not None:
-        health_server = grpc.aio.server()
+        health_server = grpc.aio.server(interceptors=[malformed])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         await health_server.start()
