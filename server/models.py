@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from seqcast.server.errors import InvalidArgument, ModelNotFound
+from seqcast.server.errors import InvalidArgument, ModelNotFound, shown
 from seqcast.server.manifest import MANIFEST_FILE, Manifest
 from seqcast.server.runtime import BundleMismatch, OnnxModel, RuntimeOptions
 from seqcast.server.scaling import MeanAbsScaler
@@ -164,7 +164,7 @@ class ModelRegistry:
             model = self.models[name]
         except KeyError:
             loaded = sorted(n for n, m in self.models.items() if m.manifest.task == task)
-            raise ModelNotFound(f"{task} model {name!r} is not loaded; loaded {task} models: {loaded or 'none'}") from None
+            raise ModelNotFound(f"{task} model {shown(name)} is not loaded; loaded {task} models: {loaded or 'none'}") from None
         if model.manifest.task != task:
             other = "Forecasting.Forecast" if model.manifest.task == "forecast" else "Translation.Translate"
             raise InvalidArgument(f"model {name!r} is a {model.manifest.task} model: call {other} with it, or name a {task} model", "model")
