@@ -2,8 +2,9 @@
 its own bare decoding loop, side by side in one run.
 
 Starts `seqcast serve` on the en-de bundle once per scheduling policy, each its own process, and
-drives one at a time with N concurrent streaming clients (`seqcast.client.loadgen`) for T
-seconds, on real test-split sentences. With `--exact` (the default) every request decodes
+drives one at a time with N concurrent streaming clients (`seqcast-client bench`, its own
+process at the lowest CPU priority by default: `--client-nice`) for T seconds, on real test-split
+sentences. With `--exact` (the default) every request decodes
 exactly `--max-new-tokens` tokens (min_new_tokens = max_new_tokens), so request lengths don't
 vary and the server can be held against the bare loop: the same greedy decoding run directly on
 ONNX Runtime at batch N, each cell in a fresh process, for the same time. Every cell runs
@@ -18,6 +19,7 @@ Internally `--bare N` runs one bare-loop cell and prints its tokens/s.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -32,7 +34,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from seqcast.client import SeqcastClient
-from seqcast.client.loadgen import LoadSummary, run_load
+from seqcast.client.loadgen import LoadSummary
 from seqcast.export.corpus import read_split
 from seqcast.server.decoding import greedy_tokens
 from seqcast.server.models import load_model
@@ -161,8 +163,23 @@ def _cell(runs: list[LoadSummary]) -> Cell:
                 sum(r.completed for r in runs), sum(sum(r.errors.values()) for r in runs))
 
 
+def run_client(target: str, clients: int, args: argparse.Namespace, texts_file: Path, exact: int | None) -> LoadSummary:
+    """One load-generator cell: `seqcast-client bench` in its own process at CPU priority
+    `--client-nice`, so that on a machine of few cores it takes only what the server leaves idle,
+    as a client on another machine would."""
+    command = [str(Path(sys.executable).with_name("seqcast-client")), "--target", target, "bench",
+               "--concurrency", str(clients), "--duration", str(args.duration), "--warmup", str(args.warmup),
+               "--max-new-tokens", str(args.max_new_tokens), "--texts", str(texts_file), "--drain", "120", "--json", "--quiet"]
+    if exact is not None:
+        command += ["--min-new-tokens", str(exact)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=lambda: os.nice(args.client_nice))
+    return LoadSummary(**json.loads(out.stdout))
+
+
 def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[tuple[float, float]]]]:
     servers = {policy: serve(policy, args.threads) for policy in POLICIES}
+    texts_file = Path(tempfile.mkdtemp(prefix="seqcast-bench-texts-")) / "texts.txt"
+    texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     runs: dict[tuple[str, int], list[LoadSummary]] = {}
     bare: dict[int, list[tuple[float, float]]] = {}
     cpu: dict[tuple[str, int], list[CpuSplit]] = {}
@@ -180,10 +197,10 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
                         bare.setdefault(clients, []).append((rate, cpu_ms))
                     else:
                         pid = servers[cell][0].pid
-                        before, t0 = thread_times(pid), time.perf_counter()
-                        s = run_load(servers[cell][1], clients, args.duration, max_new_tokens=args.max_new_tokens,
-                                     min_new_tokens=exact, texts=texts, warmup=args.warmup, drain_timeout=120)
-                        split = cpu_split(before, thread_times(pid), time.perf_counter() - t0)
+                        before = thread_times(pid)
+                        s = run_client(servers[cell][1], clients, args, texts_file, exact)
+                        # Over the load generator's sending time (warm-up and window), not its start-up.
+                        split = cpu_split(before, thread_times(pid), s.window_start_s + s.window_s)
                         runs.setdefault((cell, clients), []).append(s)
                         cpu.setdefault((cell, clients), []).append(split)
                         rate = s.output_tokens_per_s or 0
@@ -210,16 +227,18 @@ def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[tuple[float,
               f"| {i.tokens_per_s / b:.2f} | {s.tokens_per_s:,.0f} | {z.tokens_per_s:,.0f} | {i.tokens_per_s / max(z.tokens_per_s, 1e-9):.2f}x "
               f"| {i.ttft_p50_ms:.0f} / {s.ttft_p50_ms:.0f} / {z.ttft_p50_ms:.0f} "
               f"| {i.ttft_p99_ms:.0f} / {s.ttft_p99_ms:.0f} / {z.ttft_p99_ms:.0f} | {i.errors + s.errors + z.errors} |")
-    print("\nWhere the in-flight server's time went (medians over rounds): the decoding thread's cores on a core and "
-          "waiting for one (runnable, on a run queue; a thread blocked on the interpreter lock sleeps and shows in "
-          "neither), its CPU per generated token against the bare loop's, and every other server thread's cores.\n")
-    print("| clients | decoding thread running | decoding thread waiting for a core | CPU ms / token: decoding thread / bare loop | other threads running |")
-    print("|---|---|---|---|---|")
+    print("\nWhere the in-flight server's time went (medians over rounds, fractions of the cell's wall time): the "
+          "decoding thread on a core, runnable but waiting for one (on a run queue), and asleep (blocked on the "
+          "interpreter lock, or waiting for work); its CPU per generated token against the bare loop's; and every "
+          "other server thread's cores together.\n")
+    print("| clients | decoding thread running | waiting for a core | asleep (the interpreter lock, or no work) | CPU ms / token: decoding thread / bare loop | other threads running |")
+    print("|---|---|---|---|---|---|")
     for n in args.concurrency:
         c = cells[("inflight", n)]
         per_token = c.cpu.decode_running / max(c.tokens_per_s, 1e-9) * 1e3
         bare_ms = statistics.median(ms for _, ms in bare[n])
-        print(f"| {n} | {c.cpu.decode_running:.2f} | {c.cpu.decode_waiting:.2f} | {per_token:.3f} / {bare_ms:.3f} | {c.cpu.other_running:.2f} |")
+        asleep = max(0.0, 1.0 - c.cpu.decode_running - c.cpu.decode_waiting)
+        print(f"| {n} | {c.cpu.decode_running:.2f} | {c.cpu.decode_waiting:.2f} | {asleep:.2f} | {per_token:.3f} / {bare_ms:.3f} | {c.cpu.other_running:.2f} |")
 
 
 def main() -> None:
@@ -232,6 +251,9 @@ def main() -> None:
     parser.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
                         help="every request decodes exactly --max-new-tokens tokens (default on)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads, server and bare loop")
+    parser.add_argument("--client-nice", type=int, default=19, choices=range(0, 20), metavar="0-19",
+                        help="CPU priority (nice) of the load generator: 19 (default) lets it use only CPU the server "
+                             "leaves idle, as a client on another machine would; 0 lets it compete with the server")
     parser.add_argument("--bare", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -242,7 +264,7 @@ def main() -> None:
     print(f"serving benchmark: en-de bundle, greedy, {lengths} new tokens per request, {args.duration:.0f} s per cell "
           f"after {args.warmup:.0f} s warm-up, median (min-max) of {args.rounds} rounds")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__}; "
-          f"{args.threads} intra-op thread(s)")
+          f"{args.threads} intra-op thread(s); load generator at nice {args.client_nice}")
     print("command: python bench/serving.py " + " ".join(sys.argv[1:]) + "\n")
     cells, bare = measure(args, texts)
     report(cells, bare, args)
