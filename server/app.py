@@ -134,6 +134,7 @@ async def create_server(settings: ServerSettings, registry: ModelRegistry | None
     inference = InferenceServicer(registry, settings)
     inference_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     health_servicer = Health()
+    await health_servicer.sync(registry)  # before the first probe can ask
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICES, health.SERVICE_NAME], server)
     address = f"{settings.host}:{settings.port}"

@@ -48,8 +48,8 @@ class Health(health.aio.HealthServicer):
     """grpc.health.v1 with List; statuses follow the registry (`sync`) until `shutdown`."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.statuses: dict[str, int] = {"": NOT_SERVING}
+        super().__init__()  # which says SERVING for "" until the first `sync`
+        self.statuses: dict[str, int] = {}
 
     async def sync(self, registry: ModelRegistry) -> None:
         """Every status from what serves now; names seen before and gone now turn NOT_SERVING."""
