@@ -320,3 +320,120 @@ def test_a_file_or_folder_the_server_cannot_read_is_refused_and_the_others_serve
         assert client.health(fault, timeout=5) == "NOT_SERVING"
         assert client.health(timeout=5) == "SERVING"
         assert client.forecast(SERIES, horizon=2, timeout=10).model == "tourism-ar"
+
+
+# --- live updates -------------------------------------------------------------------------------
+
+
+def add_version(root: Path, name: str, version: str) -> None:
+    """Drops a new version in as a deployment should: written under a hidden name, then renamed."""
+    staged = clone(TRANSLATION, root / ".staging", name, version)
+    staged.rename(root / name / version)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def serving_version(srv: ServerThread, name: str) -> str | None:
+    model = srv.running.registry.models.get(name)
+    return None if model is None else model.manifest.version
+
+
+def test_versions_change_under_load_and_every_accepted_request_completes(tmp_path: Path) -> None:
+    """Streams and unary calls run without pause while version 2 is dropped in beside 1, 1 is
+    removed, 3 replaces 2: every call answers OK, and each replaced version's decoding thread
+    ends once its requests are done."""
+    clone(TRANSLATION, tmp_path, "en-de")
+    srv = start_server(tmp_path, default_model="en-de", default_forecast_model="", model_poll_seconds=0.1)
+    stop, errors, versions, streamed = threading.Event(), [], set(), [0]
+
+    def call(worker: int) -> None:
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.TranslationStub(channel)
+            request = pb.TranslateRequest(texts=["Save changes", "Open the file"], max_new_tokens=12)
+            while not stop.is_set():
+                try:
+                    if worker % 2:
+                        chunks = list(stub.TranslateStream(request, timeout=30))
+                        assert {c.finish_reason for c in chunks if c.finish_reason} <= {pb.FINISH_REASON_EOS, pb.FINISH_REASON_LENGTH}
+                        streamed[0] += 1
+                    else:
+                        versions.add(stub.Translate(request, timeout=30).model_version)
+                except Exception as e:  # noqa: BLE001 - any failure is the finding
+                    errors.append(repr(e))
+
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    try:
+        first = srv.running.registry.models["en-de"]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)
+        add_version(tmp_path, "en-de", "2")
+        wait_for(lambda: serving_version(srv, "en-de") == "2", 60, "version 2 to serve")
+        time.sleep(0.5)
+        shutil.rmtree(tmp_path / "en-de" / "1")
+        second = srv.running.registry.models["en-de"]
+        add_version(tmp_path, "en-de", "3")
+        wait_for(lambda: serving_version(srv, "en-de") == "3", 60, "version 3 to serve")
+        shutil.rmtree(tmp_path / "en-de" / "2")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    try:
+        assert errors == []
+        assert versions == {"1", "2", "3"} and streamed[0] > 0
+        for retired in (first, second):
+            retired.scheduler._thread.join(timeout=30)
+            assert not retired.scheduler._thread.is_alive()
+        with SeqcastClient(srv.target) as client:
+            assert client.health("en-de", timeout=5) == "SERVING"
+    finally:
+        srv.stop()
+
+
+def test_a_replaced_version_answers_the_requests_it_accepted_before_it_stops(tmp_path: Path) -> None:
+    clone(TRANSLATION, tmp_path, "en-de")
+    srv = start_server(tmp_path, default_model="en-de", default_forecast_model="", model_poll_seconds=0)
+    try:
+        old = srv.running.registry.models["en-de"]
+        old.scheduler.hold()  # its requests wait in its queue until released
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.TranslationStub(channel)
+            request = pb.TranslateRequest(texts=["Save changes"], max_new_tokens=8)
+            waiting = stub.Translate.future(request, timeout=60)
+            wait_for(lambda: old.scheduler.queued == 1, 30, "the request to queue on version 1")
+            add_version(tmp_path, "en-de", "2")
+            srv._call(srv.running.refresh())
+            assert serving_version(srv, "en-de") == "2"
+            assert stub.Translate(request, timeout=30).model_version == "2"  # new calls go to 2
+            # Version 1 finishes what it accepted (closing lifts the hold), then stops.
+            assert waiting.result(timeout=30).model_version == "1"
+        old.scheduler._thread.join(timeout=30)
+        assert not old.scheduler._thread.is_alive()
+    finally:
+        srv.stop()
+
+
+def test_a_removed_model_stops_serving_and_its_health_says_so(tmp_path: Path) -> None:
+    clone(FORECAST, tmp_path, "tourism-ar")
+    clone(FORECAST, tmp_path, "other")
+    srv = start_server(tmp_path, default_model="", default_forecast_model="", model_poll_seconds=0)
+    try:
+        with SeqcastClient(srv.target) as client:
+            assert client.health("other", timeout=5) == "SERVING"
+            shutil.rmtree(tmp_path / "other")
+            srv._call(srv.running.refresh())
+            assert client.health("other", timeout=5) == "NOT_SERVING"
+            assert [m.name for m in client.list_models(timeout=5)] == ["tourism-ar"]
+            shutil.rmtree(tmp_path / "tourism-ar")
+            srv._call(srv.running.refresh())
+            assert client.health(timeout=5) == "NOT_SERVING"
+            assert client.health("seqcast.v1.Forecasting", timeout=5) == "NOT_SERVING"
+    finally:
+        srv.stop()
