@@ -65,8 +65,8 @@ class RunningServer:
 
     async def refresh(self) -> None:
         """Rescans model_dir now: loads new versions, drains replaced and removed ones; health follows."""
-        if await self.registry.refresh():
-            await self.sync_health()
+        await self.registry.refresh()
+        await self.sync_health()  # also when nothing changed: a new folder may have been refused
 
     async def watch(self, interval: float) -> None:
         while True:

@@ -323,12 +323,9 @@ class ModelRegistry:
         thread.start()
         self._retiring = [t for t in self._retiring if t.is_alive()] + [thread]
 
-    async def refresh(self) -> bool:
-        """Rescans, loading on a worker thread; publishes on the caller's event loop. True if
-        any model started or stopped serving."""
-        changes = await asyncio.to_thread(self.plan)
-        self.apply(changes)
-        return bool(changes)
+    async def refresh(self) -> None:
+        """Rescans, loading on a worker thread; publishes on the caller's event loop."""
+        self.apply(await asyncio.to_thread(self.plan))
 
     def close(self) -> None:
         """Stops every model's scheduler once its running and queued requests are done."""

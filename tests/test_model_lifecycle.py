@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from conftest import REPO, ServerThread, start_server
-from seqcast.client import SeqcastClient
+from seqcast.client import SeqcastClient, SeqcastError
 from seqcast.server.models import sha256
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
@@ -437,3 +437,19 @@ def test_a_removed_model_stops_serving_and_its_health_says_so(tmp_path: Path) ->
             assert client.health("seqcast.v1.Forecasting", timeout=5) == "NOT_SERVING"
     finally:
         srv.stop()
+
+
+def test_a_refused_default_model_leaves_the_server_up_and_a_missing_one_is_a_settings_error(tmp_path: Path) -> None:
+    clone(FORECAST, tmp_path, "tourism-ar")
+    (clone(FORECAST, tmp_path, "broken") / "manifest.json").write_bytes(b"\xff")
+    srv = start_server(tmp_path, default_model="", default_forecast_model="broken", model_poll_seconds=0)
+    try:
+        with SeqcastClient(srv.target) as client:
+            with pytest.raises(SeqcastError) as err:
+                client.forecast(SERIES, horizon=2, timeout=10)
+            assert err.value.code == grpc.StatusCode.NOT_FOUND and "'broken' is not loaded" in err.value.message
+            assert client.forecast(SERIES, horizon=2, model="tourism-ar", timeout=10).model == "tourism-ar"
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="default forecast model 'nope' has no folder under"):
+        start_server(tmp_path, default_model="", default_forecast_model="nope", model_poll_seconds=0)
