@@ -295,17 +295,18 @@ class ModelRegistry:
     def apply(self, changes: list[Change]) -> None:
         """Publishes the planned changes; a replaced or removed model drains, then stops."""
         for change in changes:
-            old = self.models.pop(change.name, None)
+            old = self.models.get(change.name)
             if change.model is not None:
                 model, m = change.model, change.model.manifest
                 model.scheduler = Scheduler(model.name, model.runtime, self.limits)
-                self.models[change.name] = model
+                self.models[change.name] = model  # a replaced model keeps its place in listings
                 self._fingerprints[change.name] = change.fingerprint
                 replacing = "" if old is None else f", replacing version {old.manifest.version}"
                 log.info("serving %s version %s (%s, %s) on %s%s", model.name, m.version, m.task, m.architecture,
                          model.runtime.provider, replacing)
                 metrics.set_model_info(model.name, m.version, m.task, m.architecture, model.runtime.provider)
             else:
+                self.models.pop(change.name, None)
                 self._fingerprints.pop(change.name, None)
                 if old is not None:
                     log.warning("%s no longer serves: no loadable version is left under %s", change.name, old.path.parent)
