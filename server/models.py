@@ -174,11 +174,16 @@ class ModelRegistry:
 
     `refresh` rescans the repository: per name, the highest version that loads serves; a version
     that was refused is tried again only once its files change. Loading happens off the event loop
-    (`plan`); publishing (`apply`) swaps the dict entry on the event loop, so a handler that looked a
-    model up has already submitted its work to that model's scheduler before the swap; a replaced
-    or removed model's scheduler then drains its running and queued requests on a thread of its own
-    before it stops.
+    (`plan`); publishing (`apply`) swaps the dict entry on the event loop, so new requests go to the
+    new version at once. The replaced (or removed) version keeps accepting for `retire_grace_s`, for
+    handlers that looked it up just before the swap, then its scheduler finishes every request it
+    accepted, running and queued, and stops, on a thread of its own.
     """
+
+    # How long a replaced or removed version still accepts requests before it drains: longer than
+    # any handler takes between looking a model up and submitting to it (well under a second,
+    # even for a 64 MiB request), short enough to free the old version's memory soon.
+    retire_grace_s = 2.0
 
     def __init__(
         self,
@@ -199,6 +204,7 @@ class ModelRegistry:
         self._refused: dict[Path, object] = {}
         self._fingerprints: dict[str, Fingerprint | None] = {}
         self._retiring: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     @classmethod
     def load(
@@ -316,6 +322,10 @@ class ModelRegistry:
 
     def _retire(self, model: LoadedModel) -> None:
         def drain() -> None:
+            # A handler that looked the model up just before the swap may still be preparing its
+            # work off the event loop: the old version keeps accepting for a moment (cut short
+            # when the server stops), then finishes what it accepted and stops.
+            self._stopping.wait(self.retire_grace_s)
             if model.scheduler is not None:
                 model.scheduler.close()
             log.info("unloaded %s version %s: its requests finished", model.name, model.manifest.version)
@@ -330,6 +340,7 @@ class ModelRegistry:
 
     def close(self) -> None:
         """Stops every model's scheduler once its running and queued requests are done."""
+        self._stopping.set()
         for model in self.models.values():
             if model.scheduler is not None:
                 model.scheduler.close()

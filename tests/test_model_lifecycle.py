@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from conftest import REPO, ServerThread, start_server
 from seqcast.client import SeqcastClient, SeqcastError
+from seqcast.server import translation
 from seqcast.server.models import sha256
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
@@ -412,6 +413,9 @@ def test_a_replaced_version_answers_the_requests_it_accepted_before_it_stops(tmp
             srv._call(srv.running.refresh())
             assert serving_version(srv, "en-de") == "2"
             assert stub.Translate(request, timeout=30).model_version == "2"  # new calls go to 2
+            # A handler that looked version 1 up before the swap may submit to it a moment later.
+            late = translation.prepare(old, ["Open file"], 4, srv.running.inference.settings, 30.0)
+            assert len(srv._call(translation.translate(late))) == 1
             # Version 1 finishes what it accepted (closing lifts the hold), then stops.
             assert waiting.result(timeout=30).model_version == "1"
         old.scheduler._thread.join(timeout=30)
