@@ -1,204 +1,212 @@
-"""Soak test: many concurrent mixed clients against a real server for minutes; does anything
-unexpected happen, does memory grow, does latency drift?
+"""Soak: many concurrent mixed clients against one `seqcast serve` process for a while, with
+model versions changing underneath, and what must not drift.
 
-Starts `seqcast serve` on the committed en-de and tourism bundles in its own process and runs
-`--clients` concurrent clients on one event loop for `--duration` seconds. Each client loops over
-a mix of calls:
+`--clients` callers (64) each loop over a mix of calls on the committed en-de and tourism
+bundles: unary translations, streamed translations, forecasts, streams cancelled after their
+first piece, and translations with a deadline too short to finish. Every `--reload-every`
+seconds a new version of one model is dropped into the server's `model_dir` (written under a
+hidden name, then renamed) and the version before it removed, so the server's rescan
+(`model_poll_seconds` 1) loads, moves traffic and drains all along.
 
-  * a streamed translation (TranslateStream), read to its end;
-  * a unary translation (Translate), sometimes with beam search or seeded sampling;
-  * a forecast of a few tourism series;
-  * a stream the client cancels after its first piece;
-  * a translation with a deadline too short to finish (DEADLINE_EXCEEDED is expected, OK is fine).
+Each call has the statuses it may end with (OK; CANCELLED for the cancelled streams; OK or
+DEADLINE_EXCEEDED under a short deadline); anything else is unexpected and listed. Reported:
+calls and unexpected errors by kind, versions seen, the server's RSS after `--warmup` seconds
+and at the end, and the p99 latency of unary translations in the first and the last fifth of
+the measured time (drift). Exits 1 on any unexpected error.
 
-Every call's outcome is checked against what that kind of call may get; anything else is an
-unexpected error. At the end it prints the counts, the server's RSS after the warm-up and at the
-end, and each kind's p99 latency in the first and the last fifth of the run (drift), and exits 1
-if there was an unexpected error or RSS grew more than `--max-rss-growth`.
-
-    python bench/soak.py --duration 600 --clients 64      # the 10-minute soak
-    python bench/soak.py --duration 20 --warmup 5 --clients 16   # the smoke CI runs
+    python bench/soak.py --duration 600          # the 10-minute soak of docs/benchmarks.md
+    python bench/soak.py --duration 30 --json    # the CI smoke (tests/test_soak.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 
-from seqcast.export.corpus import read_split
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-
-OK = grpc.StatusCode.OK
-# What each kind of call may end with; anything else is unexpected.
-EXPECTED: dict[str, set[grpc.StatusCode]] = {
-    "stream": {OK},
-    "unary": {OK},
-    "forecast": {OK},
-    "cancel": {grpc.StatusCode.CANCELLED, OK},  # OK: the stream ended before the cancel
-    "deadline": {grpc.StatusCode.DEADLINE_EXCEEDED, OK},
+BUNDLES = {"en-de": REPO / "models" / "en-de" / "1", "tourism": REPO / "models" / "tourism" / "1"}
+TEXTS = ["Save changes", "Open the file in a new window", "The connection to the server was lost.",
+         "Delete the selected users?", "Your password must contain at least eight characters."]
+SERIES = [float(100 + (i % 4) * 30 + i) for i in range(40)]
+KINDS = ("unary", "stream", "forecast", "cancel", "deadline")
+# The statuses each kind of call may end with; anything else is unexpected.
+EXPECTED = {
+    "unary": {"OK"}, "stream": {"OK"}, "forecast": {"OK"},
+    "cancel": {"CANCELLED"}, "deadline": {"OK", "DEADLINE_EXCEEDED"},
 }
-KINDS = ["stream"] * 4 + ["unary"] * 3 + ["forecast"] * 2 + ["cancel", "deadline"]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    kind: str
-    code: grpc.StatusCode
-    started: float  # seconds since the start of the run
-    seconds: float
-    detail: str = ""
+@dataclass
+class Record:
+    """What the clients saw."""
+
+    calls: Counter = field(default_factory=Counter)  # (kind, status)
+    unexpected: list[str] = field(default_factory=list)
+    versions: set[str] = field(default_factory=set)
+    # (time since start, seconds) of every OK unary translation.
+    latencies: list[tuple[float, float]] = field(default_factory=list)
 
 
-def serve() -> tuple[subprocess.Popen, str]:
-    models = Path(tempfile.mkdtemp(prefix="seqcast-soak-models-"))
-    for name in ("en-de", "tourism"):
-        (models / name).symlink_to(REPO / "models" / name, target_is_directory=True)
-    proc = subprocess.Popen(
-        [Path(sys.executable).with_name("seqcast"), "--log-level", "WARNING", "serve", "--model-dir", str(models),
-         "--port", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+def stage(root: Path, name: str, version: int) -> None:
+    """Drops version `version` of `name` into `root` as a deployment should: written under a
+    hidden name, then renamed. Graphs are links to the committed bundle; the manifest is a copy."""
+    staged = root / name / f".{version}"
+    staged.mkdir(parents=True)
+    for file in BUNDLES[name].iterdir():
+        if file.name == "manifest.json":
+            manifest = json.loads(file.read_text())
+            manifest.update(name=name, version=str(version))
+            (staged / file.name).write_text(json.dumps(manifest))
+        else:
+            (staged / file.name).symlink_to(file)
+    staged.rename(root / name / str(version))
+
+
+def serve(models: Path) -> tuple[subprocess.Popen, str]:
+    command = [str(Path(sys.executable).with_name("seqcast")), "--log-level", "WARNING", "serve", "--model-dir", str(models),
+               "--port", "0", "--metrics-port", "0", "--model-poll-seconds", "1",
+               "--default-model", "en-de", "--default-forecast-model", "tourism"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
-        if m := re.search(r"listening on (\S+)", line):
-            stdout = proc.stdout
-            # Keep the pipe drained; the server's warnings and errors are echoed.
-            threading.Thread(target=lambda: [print("server:", line, end="", file=sys.stderr) for line in stdout], daemon=True).start()
-            return proc, m.group(1)
-    raise RuntimeError(f"the server did not start (exit code {proc.wait()})")
+        if match := re.search(r"listening on (\S+)", line):
+            return proc, match.group(1)
+    raise RuntimeError(f"seqcast serve exited with {proc.wait()} before listening")
 
 
 def rss_mib(pid: int) -> float:
-    match = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
-    assert match is not None
-    return int(match.group(1)) / 1024
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def one_call(kind: str, translation: pb_grpc.TranslationStub, forecasting: pb_grpc.ForecastingStub,
-                   texts: list[str], rng: random.Random) -> grpc.StatusCode:
-    """Makes one call of `kind`; its status (a failed call raises AioRpcError)."""
-    text = rng.choice(texts)
-    if kind == "stream":
-        async for _ in translation.TranslateStream(pb.TranslateRequest(texts=[text], max_new_tokens=rng.randint(8, 48)), timeout=120):
-            pass
-    elif kind == "unary":
-        decoding = rng.choice([
-            pb.Decoding(),
-            pb.Decoding(beam_search=pb.BeamSearch(beam_size=4)),
-            pb.Decoding(sampling=pb.Sampling(temperature=0.8, top_k=20, seed=rng.randrange(1000))),
-        ])
-        await translation.Translate(pb.TranslateRequest(texts=rng.sample(texts, rng.randint(1, 3)), max_new_tokens=32, decoding=decoding), timeout=120)
-    elif kind == "forecast":
-        series = [pb.Series(values=[100 + 10 * rng.random() + (i % 4) * 5 for i in range(rng.randint(16, 60))]) for _ in range(rng.randint(1, 8))]
-        await forecasting.Forecast(pb.ForecastRequest(model="tourism", series=series, horizon=rng.randint(1, 8)), timeout=120)
-    elif kind == "cancel":
-        call = translation.TranslateStream(pb.TranslateRequest(texts=[text], max_new_tokens=64), timeout=120)
-        async for _ in call:
-            call.cancel()
-            break
-        return await call.code()
-    elif kind == "deadline":
-        await translation.Translate(pb.TranslateRequest(texts=[text] * 8, max_new_tokens=128), timeout=0.02)
-    return OK
+async def call(kind: str, channel: grpc.aio.Channel, rng: random.Random, started: float, record: Record) -> None:
+    translation, forecasting = pb_grpc.TranslationStub(channel), pb_grpc.ForecastingStub(channel)
+    request = pb.TranslateRequest(texts=rng.sample(TEXTS, rng.randint(1, 3)), max_new_tokens=rng.randint(4, 32))
+    t0 = time.perf_counter()
+    status = "OK"
+    try:
+        if kind == "unary":
+            response = await translation.Translate(request, timeout=60)
+            record.versions.add(f"en-de/{response.model_version}")
+            record.latencies.append((time.monotonic() - started, time.perf_counter() - t0))
+        elif kind == "stream":
+            async for _ in translation.TranslateStream(request, timeout=60):
+                pass
+        elif kind == "forecast":
+            series = [pb.Series(values=SERIES[: rng.randint(12, 40)]) for _ in range(rng.randint(1, 8))]
+            response = await forecasting.Forecast(pb.ForecastRequest(series=series, horizon=rng.randint(1, 8)), timeout=60)
+            record.versions.add(f"tourism/{response.model_version}")
+        elif kind == "cancel":
+            stream = translation.TranslateStream(request, timeout=60)
+            await stream.read()
+            stream.cancel()
+            status = (await stream.code()).name
+        else:
+            await translation.Translate(request, timeout=rng.uniform(0.001, 0.05))
+    except grpc.aio.AioRpcError as e:
+        status = e.code().name
+        if status not in EXPECTED[kind]:
+            record.unexpected.append(f"{kind}: {status}: {e.details()}")
+    else:
+        if status not in EXPECTED[kind]:
+            record.unexpected.append(f"{kind}: {status}")
+    record.calls[kind, status] += 1
 
 
-async def client(target: str, texts: list[str], seed: int, until: float, t0: float, outcomes: list[Outcome]) -> None:
+async def client(target: str, seed: int, until: float, started: float, record: Record) -> None:
     rng = random.Random(seed)
     async with grpc.aio.insecure_channel(target) as channel:
-        translation, forecasting = pb_grpc.TranslationStub(channel), pb_grpc.ForecastingStub(channel)
         while time.monotonic() < until:
-            kind = rng.choice(KINDS)
-            started = time.monotonic()
-            detail = ""
-            try:
-                code = await one_call(kind, translation, forecasting, texts, rng)
-            except grpc.aio.AioRpcError as e:
-                code, detail = e.code(), e.details() or ""
-            outcomes.append(Outcome(kind, code, started - t0, time.monotonic() - started, detail))
+            await call(rng.choices(KINDS, weights=(4, 4, 3, 1, 1))[0], channel, rng, started, record)
 
 
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3 if ordered else float("nan")
+async def reload_versions(models: Path, every: float, until: float) -> int:
+    """Alternates between the models: drops in the next version, removes the one before it."""
+    versions, reloads = {name: 1 for name in BUNDLES}, 0
+    while time.monotonic() + every < until:
+        await asyncio.sleep(every)
+        name = list(BUNDLES)[reloads % len(BUNDLES)]
+        versions[name] += 1
+        stage(models, name, versions[name])
+        await asyncio.sleep(min(every / 2, 2.0))  # the rescan loads it and moves traffic over
+        shutil.rmtree(models / name / str(versions[name] - 1))
+        reloads += 1
+    return reloads
 
 
-async def run(args: argparse.Namespace, target: str, pid: int) -> tuple[list[Outcome], float, float]:
-    texts = [p.en for p in read_split(REPO / "data" / "en-de", "test", 200)]
-    outcomes: list[Outcome] = []
-    t0 = time.monotonic()
-    until = t0 + args.warmup + args.duration
-    tasks = [asyncio.create_task(client(target, texts, seed, until, t0, outcomes)) for seed in range(args.clients)]
+def p99(latencies: list[tuple[float, float]], start: float, end: float) -> float | None:
+    window = [s for t, s in latencies if start <= t < end]
+    return float(np.percentile(window, 99)) if window else None
+
+
+async def soak(args: argparse.Namespace, target: str, pid: int, models: Path) -> dict:
+    record, started = Record(), time.monotonic()
+    until = started + args.warmup + args.duration
+    clients = [asyncio.create_task(client(target, seed, until, started, record)) for seed in range(args.clients)]
+    reloads = asyncio.create_task(reload_versions(models, args.reload_every, until))
     await asyncio.sleep(args.warmup)
-    warm = rss_mib(pid)
-    print(f"warm-up done: RSS {warm:.0f} MiB, {len(outcomes)} calls", file=sys.stderr, flush=True)
-    next_report = time.monotonic() + 30
-    while not all(t.done() for t in tasks):
-        await asyncio.sleep(0.5)
-        if time.monotonic() >= next_report:
-            next_report += 30
-            print(f"  {time.monotonic() - t0:5.0f} s: {len(outcomes)} calls, RSS {rss_mib(pid):.0f} MiB", file=sys.stderr, flush=True)
-    await asyncio.gather(*tasks)
-    return outcomes, warm, rss_mib(pid)
-
-
-def report(outcomes: list[Outcome], warm: float, end: float, args: argparse.Namespace) -> bool:
-    measured = [o for o in outcomes if o.started >= args.warmup]
-    unexpected = [o for o in measured if o.code not in EXPECTED[o.kind]]
-    print(f"soak: {args.clients} clients, {args.duration:g} s after {args.warmup:g} s warm-up; {len(measured)} calls measured")
-    print("\n| kind | calls | outcomes | p99 ms, first fifth | p99 ms, last fifth |")
-    print("|---|---|---|---|---|")
+    rss_warm = rss_mib(pid)
+    await asyncio.gather(*clients)
+    rss_end = rss_mib(pid)
     fifth = args.duration / 5
-    by_kind: dict[str, list[Outcome]] = defaultdict(list)
-    for o in measured:
-        by_kind[o.kind].append(o)
-    for kind in EXPECTED:
-        calls = by_kind[kind]
-        codes = ", ".join(f"{c.name} {n}" for c, n in Counter(o.code for o in calls).most_common())
-        first = [o.seconds for o in calls if o.started < args.warmup + fifth and o.code is OK]
-        last = [o.seconds for o in calls if o.started >= args.warmup + args.duration - fifth and o.code is OK]
-        print(f"| {kind} | {len(calls)} | {codes or '-'} | {p99(first):.0f} | {p99(last):.0f} |")
-    growth = (end - warm) / warm
-    print(f"\nRSS: {warm:.0f} MiB after the warm-up, {end:.0f} MiB at the end ({growth:+.1%}; limit {args.max_rss_growth:+.0%})")
-    print(f"unexpected outcomes: {len(unexpected)}")
-    for o in unexpected[:10]:
-        print(f"  {o.kind} at {o.started:.1f} s: {o.code.name}: {o.detail[:200]}")
-    return not unexpected and growth <= args.max_rss_growth
+    measured = [(t, s) for t, s in record.latencies if t >= args.warmup]
+    return {
+        "clients": args.clients, "duration_s": args.duration, "warmup_s": args.warmup,
+        "calls": {f"{kind} {status}": n for (kind, status), n in sorted(record.calls.items())},
+        "total_calls": sum(record.calls.values()),
+        "unexpected": len(record.unexpected), "unexpected_first": record.unexpected[:10],
+        "reloads": await reloads, "versions_seen": sorted(record.versions),
+        "rss_mib_after_warmup": round(rss_warm, 1), "rss_mib_end": round(rss_end, 1),
+        "rss_growth": round(rss_end / rss_warm - 1, 4),
+        "unary_p99_s_first_fifth": p99(measured, args.warmup, args.warmup + fifth),
+        "unary_p99_s_last_fifth": p99(measured, args.warmup + 4 * fifth, args.warmup + args.duration + 1),
+    }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load after the warm-up")
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds before RSS and latencies count")
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--max-rss-growth", type=float, default=0.05, help="largest allowed RSS growth after the warm-up (fraction)")
-    args = parser.parse_args()
-    proc, target = serve()
+    parser.add_argument("--duration", type=float, default=600, help="measured seconds after the warm-up (default 600)")
+    parser.add_argument("--warmup", type=float, default=30, help="seconds before RSS and latency are measured (default 30)")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent callers (default 64)")
+    parser.add_argument("--reload-every", type=float, default=20, help="seconds between version changes (default 20)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    models = Path(tempfile.mkdtemp(prefix="seqcast-soak-"))
+    for name in BUNDLES:
+        stage(models, name, 1)
+    proc, target = serve(models)
     try:
-        outcomes, warm, end = asyncio.run(run(args, target, proc.pid))
-        alive = proc.poll() is None
+        report = asyncio.run(soak(args, target, proc.pid, models))
     finally:
         proc.terminate()
-        code = proc.wait(timeout=60)
-    passed = report(outcomes, warm, end, args)
-    if not alive:
-        print(f"the server exited during the soak (exit code {code})")
-    sys.exit(0 if passed and alive else 1)
+        proc.wait(timeout=60)
+        shutil.rmtree(models)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:28} {value}")
+    return 1 if report["unexpected"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

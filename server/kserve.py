@@ -266,7 +266,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
         self.registry = registry
         self.settings = settings
-        self.ready = False  # set by RunningServer.set_health
+        self.ready = False  # set by RunningServer.sync_health
         try:
             self.version = package_metadata.version("seqcast")
         except package_metadata.PackageNotFoundError:
