@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from seqcast.export.bundle import exported_precision
+from seqcast.export.corpus import read_split
 from seqcast.export.precision import quantize_bundle
 from seqcast.export.quality import QualityBar, loaded, reference_logps
 from seqcast.export.quantize import fold_weights, weight_matmuls
@@ -75,11 +76,22 @@ def test_int8_bundle_loads_in_the_server_and_translates_close_to_float32(en_de_i
     assert _translate(en_de_int8) == int8  # deterministic
 
 
+def test_int8_sentences_decode_the_same_alone_and_in_batches_of_16(en_de_int8: Path) -> None:
+    """Activations are quantized per row, so in-flight batching cannot change a sentence's tokens.
+    (ONNX Runtime's quantize_dynamic, one scale per call, changes some of these 64: see
+    docs/benchmarks.md.)"""
+    model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
+    sources = model.codec.encode([pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)])
+    special = model.manifest.special_tokens
+    alone = greedy_tokens(model.runtime, special, sources, 32, batch_size=1)
+    assert greedy_tokens(model.runtime, special, sources, 32, batch_size=16) == alone
+
+
 def test_int8_manifest_records_precision_method_ops_sizes_and_quality(en_de_int8: Path) -> None:
     manifest = Manifest.read(en_de_int8)
     info = manifest.precision
     assert (manifest.name, manifest.version, manifest.export.weights_dtype) == ("en-de-int8", "1", "int8")
-    assert info.precision == "int8" and "quantize_dynamic" in info.method and info.devices == ["cpu"]
+    assert info.precision == "int8" and "scaled per row" in info.method and info.devices == ["cpu"]
     assert info.source == "en-de v1" and info.source_decoder_sha256 == Manifest.read(EN_DE).files["decoder.onnx"]
     assert info.quantized_ops["decoder.onnx"]["MatMulInteger"] == info.weight_matmuls["decoder.onnx"] == 25
     assert info.quantized_ops["decoder.onnx"]["Gather"] == 1  # the embedding table is int8 too
