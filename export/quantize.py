@@ -177,23 +177,47 @@ def _scalar(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(value, name)
 
 
-def _quantize_rows(x: str, k: int, prefix: str) -> tuple[list[onnx.NodeProto], str, str]:
+def _quantize_rows(x: str, k: int, prefix: str, zero_point: str) -> tuple[list[onnx.NodeProto], str, str]:
     """Nodes that quantize activations `x` (..., k) per row: scale = max |x| / 127 over the last
-    axis, q = round(x / scale) + 128 as uint8. Returns the nodes, q's name and the scale's name
-    (..., 1). A row of zeros gets scale 0: its quantized values are then undefined, but they are
-    multiplied by that scale, so the product is still 0."""
-    abs_, max_, scale, shape, zero_point, q = (f"{prefix}/{n}" for n in ("abs", "max", "scale", "shape", "zero_point", "q"))
+    axis, q = round(x / scale) + 128 as uint8, with `zero_point` (..., 1) of 128s. Returns the
+    nodes, q's name and the scale's name (..., 1). A row of zeros gets scale 0: its quantized
+    values are then undefined, but they are multiplied by that scale, so the product is still 0."""
+    abs_, max_, scale, q = (f"{prefix}/{n}" for n in ("abs", "max", "scale", "q"))
     nodes = [
         onnx.helper.make_node("Abs", [x], [abs_]),
         onnx.helper.make_node("ReduceMax", [abs_, "per_row/last_axis"], [max_], keepdims=1),
         onnx.helper.make_node("Mul", [max_, "per_row/inverse_activation_max"], [scale]),
-        # Blocked QuantizeLinear wants its zero point shaped like its scale: (..., 1) of 128s.
-        onnx.helper.make_node("Shape", [scale], [shape]),
-        onnx.helper.make_node("ConstantOfShape", [shape], [zero_point],
-                              value=numpy_helper.from_array(np.array([PER_ROW_ZERO_POINT], np.uint8))),
         onnx.helper.make_node("QuantizeLinear", [x, scale, zero_point], [q], axis=-1, block_size=k),
     ]
     return nodes, q, scale
+
+
+def _zero_points(scale: str, name: str) -> list[onnx.NodeProto]:
+    """Blocked QuantizeLinear wants its zero point shaped like its scale: (..., 1) of 128s."""
+    return [
+        onnx.helper.make_node("Shape", [scale], [f"{name}/shape"]),
+        onnx.helper.make_node("ConstantOfShape", [f"{name}/shape"], [name],
+                              value=numpy_helper.from_array(np.array([PER_ROW_ZERO_POINT], np.uint8))),
+    ]
+
+
+def _leading_axes(model: onnx.ModelProto) -> dict[str, tuple[str | int, ...]]:
+    """The leading axes (all but the last) of every tensor whose shape ONNX Runtime's symbolic
+    shape inference resolves, e.g. ("batch", "new_tokens"); empty where it cannot infer the graph.
+    Activations with the same leading axes share one zero-point tensor."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception as e:  # an op it does not know: every activation then gets its own zero point
+        log.info("no symbolic shapes (%s); one zero-point tensor per quantized activation", e)
+        return {}
+    axes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input]:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        if dims and all(dims):
+            axes[value.name] = tuple(dims[:-1])
+    return axes
 
 
 def _quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +236,10 @@ def per_row_matmuls(model: onnx.ModelProto) -> int:
     Shapes: x (..., K) with any leading axes, weight (K, N), result (..., N) as before."""
     graph = model.graph
     inits = _initializers(graph)
+    leading = _leading_axes(model)
     nodes: list[onnx.NodeProto] = []
     rows: dict[str, tuple[str, str]] = {}  # activation -> (quantized, scale)
+    zero_points: dict[object, str] = {}  # leading axes (or the activation itself) -> zero-point tensor
     added = [
         _scalar("per_row/last_axis", np.array([-1], np.int64)),
         _scalar("per_row/inverse_activation_max", np.array(1 / PER_ROW_ACTIVATION_MAX, np.float32)),
@@ -227,7 +253,11 @@ def per_row_matmuls(model: onnx.ModelProto) -> int:
             continue
         x, out = node.input[0], node.output[0]
         if x not in rows:
-            quantize, q, scale = _quantize_rows(x, weight.dims[0], f"per_row/{len(rows)}")
+            prefix, key = f"per_row/{len(rows)}", leading.get(x, x)
+            quantize, q, scale = _quantize_rows(x, weight.dims[0], prefix, zero_points.get(key, f"{prefix}/zero_point"))
+            if key not in zero_points:
+                zero_points[key] = f"{prefix}/zero_point"
+                quantize[3:3] = _zero_points(scale, zero_points[key])
             nodes.extend(quantize)
             rows[x] = q, scale
         q, scale = rows[x]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from seqcast.client import SeqcastClient
 from seqcast.export.bundle import exported_precision
 from seqcast.export.corpus import read_split
 from seqcast.export.precision import quantize_bundle
@@ -27,6 +29,8 @@ from seqcast.server.decoding import forecast_values, greedy_tokens
 from seqcast.server.manifest import Manifest
 from seqcast.server.models import load_model
 from seqcast.server.runtime import RuntimeOptions
+
+from conftest import committed_models, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 EN_DE = REPO / "models" / "en-de" / "1"
@@ -85,6 +89,26 @@ def test_int8_sentences_decode_the_same_alone_and_in_batches_of_16(en_de_int8: P
     special = model.manifest.special_tokens
     alone = greedy_tokens(model.runtime, special, sources, 32, batch_size=1)
     assert greedy_tokens(model.runtime, special, sources, 32, batch_size=16) == alone
+
+
+def test_the_server_lists_an_int8_bundle_and_batching_never_changes_its_tokens(en_de_int8: Path) -> None:
+    """Served beside its float32 source: requests that share decoder steps under in-flight
+    batching each get what the int8 bundle's own offline decoding gives them."""
+    models = committed_models(en_de_int8.parents[1], ("en-de",))
+    texts = [pair.en for pair in read_split(REPO / "data" / "en-de", "test", 24)]
+    model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
+    offline = greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(texts), 32, batch_size=1)
+    server = start_server(models, default_model="en-de-int8", default_forecast_model="", log_level="WARNING")
+    try:
+        with SeqcastClient(server.target) as client, ThreadPoolExecutor(12) as pool:
+            listed = {m.name: m.metadata["precision"] for m in client.list_models()}
+            assert listed == {"en-de-int8": "int8", "en-de": "fp32"}
+            together = list(pool.map(lambda t: client.translate(t, max_new_tokens=32)[0].text, texts))
+            streamed = ["".join(c.text for c in client.translate_stream(t, max_new_tokens=32)) for t in texts[:4]]
+    finally:
+        server.stop()
+    assert together == [model.codec.decode(tokens) for tokens in offline]
+    assert streamed == together[:4]
 
 
 def test_int8_manifest_records_precision_method_ops_sizes_and_quality(en_de_int8: Path) -> None:
