@@ -92,23 +92,27 @@ def test_int8_sentences_decode_the_same_alone_and_in_batches_of_16(en_de_int8: P
 
 
 def test_the_server_lists_an_int8_bundle_and_batching_never_changes_its_tokens(en_de_int8: Path) -> None:
-    """Served beside its float32 source: requests that share decoder steps under in-flight
-    batching each get what the int8 bundle's own offline decoding gives them."""
+    """Served beside its float32 source: 64 texts in one request (one batch) and single-text
+    requests joining it under in-flight batching each get what the int8 bundle's own decoding of
+    that text alone gives."""
     models = committed_models(en_de_int8.parents[1], ("en-de",))
-    texts = [pair.en for pair in read_split(REPO / "data" / "en-de", "test", 24)]
+    texts = [pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)]
     model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
-    offline = greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(texts), 32, batch_size=1)
+    alone = greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(texts), 32, batch_size=1)
+    expected = [model.codec.decode(tokens) for tokens in alone]
     server = start_server(models, default_model="en-de-int8", default_forecast_model="", log_level="WARNING")
     try:
-        with SeqcastClient(server.target) as client, ThreadPoolExecutor(12) as pool:
+        with SeqcastClient(server.target) as client, ThreadPoolExecutor(9) as pool:
             listed = {m.name: m.metadata["precision"] for m in client.list_models()}
-            assert listed == {"en-de-int8": "int8", "en-de": "fp32"}
-            together = list(pool.map(lambda t: client.translate(t, max_new_tokens=32)[0].text, texts))
+            together = pool.submit(client.translate, texts, max_new_tokens=32)
+            singles = list(pool.map(lambda t: client.translate(t, max_new_tokens=32)[0].text, texts[:16]))
             streamed = ["".join(c.text for c in client.translate_stream(t, max_new_tokens=32)) for t in texts[:4]]
+            batch = [r.text for r in together.result()]
     finally:
         server.stop()
-    assert together == [model.codec.decode(tokens) for tokens in offline]
-    assert streamed == together[:4]
+    assert listed == {"en-de-int8": "int8", "en-de": "fp32"}
+    assert batch == expected
+    assert singles == expected[:16] and streamed == expected[:4]
 
 
 def test_int8_manifest_records_precision_method_ops_sizes_and_quality(en_de_int8: Path) -> None:
