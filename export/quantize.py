@@ -13,8 +13,8 @@ is visible to the quantizer.
 The default int8 form, `qint8-per-row`, quantizes each weight MatMul's activations dynamically
 with one scale per row (per token), as CTranslate2 does, so a sentence's numbers never depend on
 the sentences sharing its batch: in-flight batching returns what decoding alone returns
-(`per_row_matmuls`). Weights are int8 with one scale per output column, activations uint8 around
-a zero point of 128; ONNX Runtime fuses each MatMulInteger with its scaling into
+(`per_row_matmuls`). Weights are 8-bit with one scale per output column and activations 8-bit
+per row, both symmetric and stored as uint8 around a zero point of 128; ONNX Runtime fuses each MatMulInteger with its scaling into
 MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
 fixed scale (int8 table, DequantizeLinear after the lookup), which is where most of the size goes;
 a lookup reads one row, so that is per row too. No calibration data is needed and the graph takes
@@ -54,11 +54,12 @@ INT8_OP_TYPES = ("MatMul", "Gather", "LSTM")
 # batch-invariant one (per-row activation scales), as fast as the per-call forms at batch 16.
 INT8_FORMS = ("qint8-per-row", "qint8-per-tensor", "qint8-per-channel", "quint8-per-tensor", "matmulnbits-8bit")
 DEFAULT_INT8_FORM = "qint8-per-row"
-# Per-row form: weights in [-63, 63] (7 bits), one scale per output column. ONNX Runtime's u8s8
-# kernels on AVX2 without VNNI add pairs of uint8 x int8 products in int16 (vpmaddubsw), which
-# saturates once 2 x 255 x |w| passes 32767; 7-bit weights never do, on any CPU.
-PER_ROW_WEIGHT_MAX = 63
-# Activations: symmetric, [-127, 127] around a uint8 zero point of 128 (u8s8 is the fast kernel on x86).
+# Per-row form: weights and activations symmetric in [-127, 127], stored as uint8 around a zero
+# point of 128 (u8u8). Not int8 weights (u8s8): ONNX Runtime's u8s8 kernels on AVX2 without VNNI
+# add pairs of uint8 x int8 products in int16 (vpmaddubsw), which saturates once 2 x 255 x |w|
+# passes 32767, so int8 weights there must keep to 7 bits, and 7 bits cost the tourism forecaster
+# 2% MASE. u8u8 has no such limit and measured as fast here (docs/benchmarks.md).
+PER_ROW_WEIGHT_MAX = 127
 PER_ROW_ACTIVATION_MAX = 127
 PER_ROW_ZERO_POINT = 128
 # Blocked QuantizeLinear (one block per row) is opset 21. The ops whose definitions changed
@@ -221,15 +222,43 @@ def _leading_axes(model: onnx.ModelProto) -> dict[str, tuple[str | int, ...]]:
 
 
 def _quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 weights in [-PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX] and their float32 scale per column."""
+    """Weights in [-PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX] stored as uint8 around PER_ROW_ZERO_POINT,
+    and their float32 scale per column."""
     scale = np.maximum(np.abs(weight).max(axis=0), np.finfo(np.float32).tiny) / PER_ROW_WEIGHT_MAX
-    quantized = np.clip(np.round(weight / scale), -PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX).astype(np.int8)
-    return quantized, scale.astype(np.float32)
+    quantized = np.clip(np.round(weight / scale), -PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX)
+    return (quantized + PER_ROW_ZERO_POINT).astype(np.uint8), scale.astype(np.float32)
+
+
+def _bias_apart(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], products: set[str]) -> None:
+    """Writes each bias Add after a rewritten MatMul as Sum(product, bias), the same sum.
+
+    ONNX Runtime (1.31) fuses MatMulInteger -> Cast -> Mul into MatMulIntegerToFloat, and with it
+    a following Add of a constant; its kernel then adds that bias before scaling by a non-scalar
+    (per-row) A scale, so the bias comes out multiplied by the row's scale. A Sum is not fused:
+    the bias is added after the scaling, as written."""
+    for node in nodes:
+        if node.op_type == "Add" and products.intersection(node.input) and inits.keys() & set(node.input):
+            node.op_type = "Sum"
+
+
+def _weight_of(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The (K, N) float32 weight of a MatMul, or of a plain Gemm (alpha = beta = 1, A not
+    transposed), whose weight is an initializer; None for any other node."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    weight = inits[node.input[1]]
+    if len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)):
+        return None
+    value = numpy_helper.to_array(weight).astype(np.float32)
+    return np.ascontiguousarray(value.T) if attrs.get("transB", 0) else value
 
 
 def per_row_matmuls(model: onnx.ModelProto) -> int:
-    """Rewrites, in place, every MatMul whose weight is a 2-D float32 initializer as
-    MatMulInteger(quantized rows of x, int8 weight) -> float32 -> x (row scale x column scale);
+    """Rewrites, in place, every MatMul (and plain Gemm) whose weight is a 2-D float32 initializer as
+    MatMulInteger(quantized rows of x, 8-bit weight) -> float32 -> x (row scale x column scale);
     returns how many. MatMuls that share an input share its quantization (Q, K and V). Those
     without an initializer weight (attention's Q.K and weights.V) stay float32.
 
@@ -245,52 +274,59 @@ def per_row_matmuls(model: onnx.ModelProto) -> int:
         _scalar("per_row/inverse_activation_max", np.array(1 / PER_ROW_ACTIVATION_MAX, np.float32)),
         _scalar("per_row/zero_point", np.array(PER_ROW_ZERO_POINT, np.uint8)),
     ]
-    count = 0
+    rewritten: set[str] = set()  # outputs of the MatMuls rewritten
     for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+        weight = _weight_of(node, inits)
+        if weight is None:
             nodes.append(node)
             continue
         x, out = node.input[0], node.output[0]
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        if bias is not None:  # a Gemm's C, added after the product
+            out = f"{node.output[0]}/product"
         if x not in rows:
             prefix, key = f"per_row/{len(rows)}", leading.get(x, x)
-            quantize, q, scale = _quantize_rows(x, weight.dims[0], prefix, zero_points.get(key, f"{prefix}/zero_point"))
+            quantize, q, scale = _quantize_rows(x, weight.shape[0], prefix, zero_points.get(key, f"{prefix}/zero_point"))
             if key not in zero_points:
                 zero_points[key] = f"{prefix}/zero_point"
                 quantize[3:3] = _zero_points(scale, zero_points[key])
             nodes.extend(quantize)
             rows[x] = q, scale
         q, scale = rows[x]
-        w, w_scale = _quantize_columns(numpy_helper.to_array(weight).astype(np.float32))
-        added += [_scalar(f"{out}/weight_int8", w), _scalar(f"{out}/weight_scale", w_scale)]
-        # ONNX Runtime fuses these four into one MatMulIntegerToFloat (a bias Add after it too).
+        w, w_scale = _quantize_columns(weight)
+        added += [_scalar(f"{out}/weight_8bit", w), _scalar(f"{out}/weight_scale", w_scale)]
+        # ONNX Runtime fuses these four into one MatMulIntegerToFloat (and not a bias after them: `_bias_apart`).
         nodes += [
-            onnx.helper.make_node("MatMulInteger", [q, f"{out}/weight_int8", "per_row/zero_point"], [f"{out}/int32"]),
+            onnx.helper.make_node("MatMulInteger", [q, f"{out}/weight_8bit", "per_row/zero_point", "per_row/zero_point"],
+                                  [f"{out}/int32"]),
             onnx.helper.make_node("Cast", [f"{out}/int32"], [f"{out}/float"], to=onnx.TensorProto.FLOAT),
             onnx.helper.make_node("Mul", [scale, f"{out}/weight_scale"], [f"{out}/scale"]),
             onnx.helper.make_node("Mul", [f"{out}/float", f"{out}/scale"], [out]),
         ]
-        count += 1
+        if bias is not None:
+            nodes.append(onnx.helper.make_node("Add", [out, bias], [node.output[0]]))
+        rewritten.add(out)
+    _bias_apart(nodes, inits, rewritten)
     used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
     kept = [init for init in graph.initializer if init.name in used] + [init for init in added if init.name in used]
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    if count:
+    if rewritten:
         for opset in model.opset_import:
             if opset.domain in ("", "ai.onnx"):
                 opset.version = max(opset.version, PER_ROW_OPSET)
-    return count
+    return len(rewritten)
 
 
 def int8_method(form: str) -> str:
     """The manifest's description of how an int8 form was made."""
     if form == "qint8-per-row":
-        return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with int8 "
-                f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and uint8 activations "
+        return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with 8-bit "
+                f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and 8-bit activations "
                 "scaled per row (blocked QuantizeLinear; a row's numbers do not depend on its batch-mates); "
-                "onnxruntime.quantization.quantize_dynamic for Gather (embeddings, QInt8 per tensor)")
+                "onnxruntime.quantization.quantize_dynamic for Gather (embeddings, QInt8 per tensor); LSTM cells float32")
     if form == "matmulnbits-8bit":
         return ("onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer: 8-bit weights in blocks of "
                 f"{NBITS_BLOCK}, symmetric, accuracy_level 4 (int8 activations); MatMul (output projection included)")
