@@ -14,8 +14,8 @@ The default int8 form, `qint8-per-row`, quantizes each weight MatMul's activatio
 with one scale per row (per token), as CTranslate2 does, so a sentence's numbers never depend on
 the sentences sharing its batch: in-flight batching returns what decoding alone returns
 (`per_row_matmuls`). Weights are 8-bit with one scale per output column and activations 8-bit
-per row, both symmetric and stored as uint8 around a zero point of 128; ONNX Runtime fuses each MatMulInteger with its scaling into
-MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
+per row, both symmetric and stored as uint8 around a zero point of 128; ONNX Runtime fuses each
+MatMulInteger with its scaling into MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
 fixed scale (int8 table, DequantizeLinear after the lookup), which is where most of the size goes;
 a lookup reads one row, so that is per row too. No calibration data is needed and the graph takes
 and returns float32 tensors as before. Transformer graphs first go through ONNX Runtime's
@@ -50,15 +50,16 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
 _CONVERTED_DTYPES = {"int8": (onnx.TensorProto.INT8, onnx.TensorProto.UINT8), "fp16": (onnx.TensorProto.FLOAT16,)}
 # Ops with weights the dynamic quantizer handles: every MatMul, embedding lookups, LSTMs.
 INT8_OP_TYPES = ("MatMul", "Gather", "LSTM")
-# The int8 forms `bench/step_time.py --compare` measured (docs/benchmarks.md); the default is the
-# batch-invariant one (per-row activation scales), as fast as the per-call forms at batch 16.
+# The int8 forms `bench/step_time.py --compare` measured (docs/benchmarks.md). The default is the
+# batch-invariant one (per-row activation scales): 10-20% slower than the per-call forms here, in
+# exchange for tokens that never depend on batch-mates, and closer to float32.
 INT8_FORMS = ("qint8-per-row", "qint8-per-tensor", "qint8-per-channel", "quint8-per-tensor", "matmulnbits-8bit")
 DEFAULT_INT8_FORM = "qint8-per-row"
 # Per-row form: weights and activations symmetric in [-127, 127], stored as uint8 around a zero
 # point of 128 (u8u8). Not int8 weights (u8s8): ONNX Runtime's u8s8 kernels on AVX2 without VNNI
 # add pairs of uint8 x int8 products in int16 (vpmaddubsw), which saturates once 2 x 255 x |w|
 # passes 32767, so int8 weights there must keep to 7 bits, and 7 bits cost the tourism forecaster
-# 2% MASE. u8u8 has no such limit and measured as fast here (docs/benchmarks.md).
+# 2% MASE. u8u8 has no such limit and measured within 5% of u8s8 here (docs/benchmarks.md).
 PER_ROW_WEIGHT_MAX = 127
 PER_ROW_ACTIVATION_MAX = 127
 PER_ROW_ZERO_POINT = 128
