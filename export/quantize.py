@@ -14,8 +14,8 @@ The default int8 form, `qint8-per-row`, quantizes each weight MatMul's activatio
 with one scale per row (per token), as CTranslate2 does, so a sentence's numbers never depend on
 the sentences sharing its batch: in-flight batching returns what decoding alone returns
 (`per_row_matmuls`). Weights are 8-bit with one scale per output column and activations 8-bit
-per row, both symmetric and stored as uint8 around a zero point of 128; ONNX Runtime fuses each
-MatMulInteger with its scaling into MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
+(7 bits) per row, both symmetric, activations stored as uint8 around a zero point; ONNX Runtime
+fuses each MatMulInteger with its scaling into MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
 fixed scale (int8 table, DequantizeLinear after the lookup), which is where most of the size goes;
 a lookup reads one row, so that is per row too. No calibration data is needed and the graph takes
 and returns float32 tensors as before. Transformer graphs first go through ONNX Runtime's
@@ -55,14 +55,16 @@ INT8_OP_TYPES = ("MatMul", "Gather", "LSTM")
 # exchange for tokens that never depend on batch-mates, and closer to float32.
 INT8_FORMS = ("qint8-per-row", "qint8-per-tensor", "qint8-per-channel", "quint8-per-tensor", "matmulnbits-8bit")
 DEFAULT_INT8_FORM = "qint8-per-row"
-# Per-row form: weights and activations symmetric in [-127, 127], stored as uint8 around a zero
-# point of 128 (u8u8). Not int8 weights (u8s8): ONNX Runtime's u8s8 kernels on AVX2 without VNNI
-# add pairs of uint8 x int8 products in int16 (vpmaddubsw), which saturates once 2 x 255 x |w|
-# passes 32767, so int8 weights there must keep to 7 bits, and 7 bits cost the tourism forecaster
-# 2% MASE. u8u8 has no such limit and measured within 5% of u8s8 here (docs/benchmarks.md).
+# Per-row form: weights int8, symmetric in [-127, 127] with one scale per column; activations 7-bit
+# per row, symmetric in [-63, 63] around a uint8 zero point of 64 (u8s8, the fast x86 kernel).
+# Why 7 bits for activations: ONNX Runtime's u8s8 kernels on AVX2 without VNNI add pairs of
+# uint8 x int8 products in int16 (vpmaddubsw), which saturates once 2 x a x |w| passes 32767; with
+# a <= 127 it never does, on any CPU. The alternatives measured (docs/benchmarks.md): 7-bit
+# weights cost the tourism forecaster 2% MASE; 8-bit both ways as u8u8 is closer to float32 but
+# 7-10% slower here.
 PER_ROW_WEIGHT_MAX = 127
-PER_ROW_ACTIVATION_MAX = 127
-PER_ROW_ZERO_POINT = 128
+PER_ROW_ACTIVATION_MAX = 63
+PER_ROW_ZERO_POINT = 64
 # Blocked QuantizeLinear (one block per row) is opset 21. The ops whose definitions changed
 # between opset 18 (today's exports) and 21 only gained types, so the graph means the same.
 PER_ROW_OPSET = 21
@@ -180,8 +182,8 @@ def _scalar(name: str, value: np.ndarray) -> onnx.TensorProto:
 
 
 def _quantize_rows(x: str, k: int, prefix: str, zero_point: str) -> tuple[list[onnx.NodeProto], str, str]:
-    """Nodes that quantize activations `x` (..., k) per row: scale = max |x| / 127 over the last
-    axis, q = round(x / scale) + 128 as uint8, with `zero_point` (..., 1) of 128s. Returns the
+    """Nodes that quantize activations `x` (..., k) per row: scale = max |x| / 63 over the last
+    axis, q = round(x / scale) + 64 as uint8, with `zero_point` (..., 1) of 64s. Returns the
     nodes, q's name and the scale's name (..., 1). A row of zeros gets scale 0: its quantized
     values are then undefined, but they are multiplied by that scale, so the product is still 0."""
     abs_, max_, scale, q = (f"{prefix}/{n}" for n in ("abs", "max", "scale", "q"))
@@ -195,7 +197,7 @@ def _quantize_rows(x: str, k: int, prefix: str, zero_point: str) -> tuple[list[o
 
 
 def _zero_points(scale: str, name: str) -> list[onnx.NodeProto]:
-    """Blocked QuantizeLinear wants its zero point shaped like its scale: (..., 1) of 128s."""
+    """Blocked QuantizeLinear wants its zero point shaped like its scale: (..., 1) of PER_ROW_ZERO_POINT."""
     return [
         onnx.helper.make_node("Shape", [scale], [f"{name}/shape"]),
         onnx.helper.make_node("ConstantOfShape", [f"{name}/shape"], [name],
@@ -223,11 +225,10 @@ def _leading_axes(model: onnx.ModelProto) -> dict[str, tuple[str | int, ...]]:
 
 
 def _quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weights in [-PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX] stored as uint8 around PER_ROW_ZERO_POINT,
-    and their float32 scale per column."""
+    """int8 weights in [-PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX] and their float32 scale per column."""
     scale = np.maximum(np.abs(weight).max(axis=0), np.finfo(np.float32).tiny) / PER_ROW_WEIGHT_MAX
     quantized = np.clip(np.round(weight / scale), -PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX)
-    return (quantized + PER_ROW_ZERO_POINT).astype(np.uint8), scale.astype(np.float32)
+    return quantized.astype(np.int8), scale.astype(np.float32)
 
 
 def _bias_apart(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], products: set[str]) -> None:
@@ -259,7 +260,7 @@ def _weight_of(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.n
 
 def per_row_matmuls(model: onnx.ModelProto) -> int:
     """Rewrites, in place, every MatMul (and plain Gemm) whose weight is a 2-D float32 initializer as
-    MatMulInteger(quantized rows of x, 8-bit weight) -> float32 -> x (row scale x column scale);
+    MatMulInteger(quantized rows of x, int8 weight) -> float32 -> x (row scale x column scale);
     returns how many. MatMuls that share an input share its quantization (Q, K and V). Those
     without an initializer weight (attention's Q.K and weights.V) stay float32.
 
@@ -295,10 +296,10 @@ def per_row_matmuls(model: onnx.ModelProto) -> int:
             rows[x] = q, scale
         q, scale = rows[x]
         w, w_scale = _quantize_columns(weight)
-        added += [_scalar(f"{out}/weight_8bit", w), _scalar(f"{out}/weight_scale", w_scale)]
+        added += [_scalar(f"{out}/weight_int8", w), _scalar(f"{out}/weight_scale", w_scale)]
         # ONNX Runtime fuses these four into one MatMulIntegerToFloat (and not a bias after them: `_bias_apart`).
         nodes += [
-            onnx.helper.make_node("MatMulInteger", [q, f"{out}/weight_8bit", "per_row/zero_point", "per_row/zero_point"],
+            onnx.helper.make_node("MatMulInteger", [q, f"{out}/weight_int8", "per_row/zero_point"],
                                   [f"{out}/int32"]),
             onnx.helper.make_node("Cast", [f"{out}/int32"], [f"{out}/float"], to=onnx.TensorProto.FLOAT),
             onnx.helper.make_node("Mul", [scale, f"{out}/weight_scale"], [f"{out}/scale"]),
@@ -324,9 +325,9 @@ def per_row_matmuls(model: onnx.ModelProto) -> int:
 def int8_method(form: str) -> str:
     """The manifest's description of how an int8 form was made."""
     if form == "qint8-per-row":
-        return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with 8-bit "
-                f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and 8-bit activations "
-                "scaled per row (blocked QuantizeLinear; a row's numbers do not depend on its batch-mates); "
+        return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with int8 "
+                f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and activations in "
+                f"[-{PER_ROW_ACTIVATION_MAX}, {PER_ROW_ACTIVATION_MAX}] scaled per row (blocked QuantizeLinear; a row's numbers do not depend on its batch-mates); "
                 "onnxruntime.quantization.quantize_dynamic for Gather (embeddings, QInt8 per tensor); LSTM cells float32")
     if form == "matmulnbits-8bit":
         return ("onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer: 8-bit weights in blocks of "
