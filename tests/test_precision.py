@@ -202,6 +202,7 @@ def test_int8_transformers_are_fused_unless_asked_not_to(en_de_int8: Path, tmp_p
 
 
 @pytest.mark.parametrize(("args", "op"), [(["--int8-form", "matmulnbits-8bit", "--no-fuse"], "MatMulNBits"),
+                                          (["--int8-form", "qint8-per-tensor"], "DynamicQuantizeLinear"),
                                           (["--precision", "fp32", "--fuse"], "SkipLayerNormalization")])
 def test_the_other_forms_measured_in_the_benchmarks(tmp_path: Path, args: list[str], op: str) -> None:
     out = tmp_path / "en-de" / "4"
