@@ -148,9 +148,10 @@ def _token_ids(model: LoadedModel, text: str, limit: int) -> list[int]:
 def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs: list[Pair], batch: int = 1) -> np.ndarray:
     """|log p_reference - log p_candidate| of every reference token of every pair (teacher forced).
 
-    One sentence per call by default: int8 graphs quantize activations per call, with one scale
-    for the whole batch, so in a batch a sentence's figures depend on its batch-mates (the max
-    came out 0.46 in batches of 32 against 0.74 alone on the en-de test split)."""
+    One sentence per call by default: the per-call int8 forms (`--int8-form qint8-per-tensor` and
+    the like) quantize activations with one scale for the whole batch, so in a batch a sentence's
+    figures depend on its batch-mates (the max came out 0.46 in batches of 32 against 0.74 alone
+    on the en-de test split). The default per-row form gives the same figures either way."""
     manifest = reference.manifest
     encoded = [(_token_ids(reference, p.en, manifest.max_source_tokens), _token_ids(reference, p.de, manifest.max_new_tokens))
                for p in pairs]

@@ -10,15 +10,21 @@ nothing to do. `fold_weights` first turns every Cast or Transpose of an initiali
 float32 initializer of its own; after that every weight MatMul, the output projection included,
 is visible to the quantizer.
 
-The int8 form kept is the one `bench/step_time.py --compare` measured fastest on the en-de
-decoder step (see docs/benchmarks.md): dynamic quantization with one int8 scale per weight
-tensor. Activations are quantized per call (DynamicQuantizeLinear), so no calibration data is
-needed and the graph takes and returns float32 tensors as before. The embedding Gathers are
-quantized too (int8 table, DequantizeLinear after the lookup), which is where most of the size
-goes. Transformer graphs can first go through ONNX Runtime's transformer optimizer
-(`fuse_transformer`); `precision.quantize_bundle` does so for int8 transformers, where it
-measured faster. The other forms measured stay selectable (`INT8_FORMS`) to repeat the
-comparison.
+The default int8 form, `qint8-per-row`, quantizes each weight MatMul's activations dynamically
+with one scale per row (per token), as CTranslate2 does, so a sentence's numbers never depend on
+the sentences sharing its batch: in-flight batching returns what decoding alone returns
+(`per_row_matmuls`). Weights are 8-bit with one scale per output column and activations 8-bit
+(7 bits) per row, both symmetric, activations stored as uint8 around a zero point; ONNX Runtime
+fuses each MatMulInteger with its scaling into MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
+fixed scale (int8 table, DequantizeLinear after the lookup), which is where most of the size goes;
+a lookup reads one row, so that is per row too. No calibration data is needed and the graph takes
+and returns float32 tensors as before. Transformer graphs first go through ONNX Runtime's
+transformer optimizer (`fuse_transformer`; `precision.quantize_bundle` does so for int8
+transformers, where it measured faster).
+
+The other forms measured stay selectable (`INT8_FORMS`) to repeat the comparison in
+docs/benchmarks.md: ONNX Runtime's `quantize_dynamic` (one activation scale per call, for the
+whole batch: fast, but a sentence's tokens can change with its batch-mates) and MatMulNBits.
 """
 
 from __future__ import annotations
@@ -44,10 +50,24 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
 _CONVERTED_DTYPES = {"int8": (onnx.TensorProto.INT8, onnx.TensorProto.UINT8), "fp16": (onnx.TensorProto.FLOAT16,)}
 # Ops with weights the dynamic quantizer handles: every MatMul, embedding lookups, LSTMs.
 INT8_OP_TYPES = ("MatMul", "Gather", "LSTM")
-# The int8 forms `bench/step_time.py --compare` measured (docs/benchmarks.md); the default is the
-# fastest on the en-de decoder step whose quality passed the guard.
-INT8_FORMS = ("qint8-per-tensor", "qint8-per-channel", "quint8-per-tensor", "matmulnbits-8bit")
-DEFAULT_INT8_FORM = "qint8-per-tensor"
+# The int8 forms `bench/step_time.py --compare` measured (docs/benchmarks.md). The default is the
+# batch-invariant one (per-row activation scales): 10-20% slower than the per-call forms here, in
+# exchange for tokens that never depend on batch-mates, and closer to float32.
+INT8_FORMS = ("qint8-per-row", "qint8-per-tensor", "qint8-per-channel", "quint8-per-tensor", "matmulnbits-8bit")
+DEFAULT_INT8_FORM = "qint8-per-row"
+# Per-row form: weights int8, symmetric in [-127, 127] with one scale per column; activations 7-bit
+# per row, symmetric in [-63, 63] around a uint8 zero point of 64 (u8s8, the fast x86 kernel).
+# Why 7 bits for activations: ONNX Runtime's u8s8 kernels on AVX2 without VNNI add pairs of
+# uint8 x int8 products in int16 (vpmaddubsw), which saturates once 2 x a x |w| passes 32767; with
+# a <= 127 it never does, on any CPU. The alternatives measured (docs/benchmarks.md): 7-bit
+# weights cost the tourism forecaster 2% MASE; 8-bit both ways as u8u8 is closer to float32 but
+# 7-10% slower here.
+PER_ROW_WEIGHT_MAX = 127
+PER_ROW_ACTIVATION_MAX = 63
+PER_ROW_ZERO_POINT = 64
+# Blocked QuantizeLinear (one block per row) is opset 21. The ops whose definitions changed
+# between opset 18 (today's exports) and 21 only gained types, so the graph means the same.
+PER_ROW_OPSET = 21
 # Kept in float32 in fp16 graphs: normalisation and softmax sum many terms, and float16's
 # 10-bit mantissa loses small differences in them.
 FP32_OPS_IN_FP16 = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf")
@@ -157,8 +177,158 @@ def _quiet_onnxruntime_tools() -> Iterator[None]:
             target.removeFilter(quiet)
 
 
+def _scalar(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(value, name)
+
+
+def _quantize_rows(x: str, k: int, prefix: str, zero_point: str) -> tuple[list[onnx.NodeProto], str, str]:
+    """Nodes that quantize activations `x` (..., k) per row: scale = max |x| / 63 over the last
+    axis, q = round(x / scale) + 64 as uint8, with `zero_point` (..., 1) of 64s. Returns the
+    nodes, q's name and the scale's name (..., 1). A row of zeros gets scale 0: its quantized
+    values are then undefined, but they are multiplied by that scale, so the product is still 0."""
+    abs_, max_, scale, q = (f"{prefix}/{n}" for n in ("abs", "max", "scale", "q"))
+    nodes = [
+        onnx.helper.make_node("Abs", [x], [abs_]),
+        onnx.helper.make_node("ReduceMax", [abs_, "per_row/last_axis"], [max_], keepdims=1),
+        onnx.helper.make_node("Mul", [max_, "per_row/inverse_activation_max"], [scale]),
+        onnx.helper.make_node("QuantizeLinear", [x, scale, zero_point], [q], axis=-1, block_size=k),
+    ]
+    return nodes, q, scale
+
+
+def _zero_points(scale: str, name: str) -> list[onnx.NodeProto]:
+    """Blocked QuantizeLinear wants its zero point shaped like its scale: (..., 1) of PER_ROW_ZERO_POINT."""
+    return [
+        onnx.helper.make_node("Shape", [scale], [f"{name}/shape"]),
+        onnx.helper.make_node("ConstantOfShape", [f"{name}/shape"], [name],
+                              value=numpy_helper.from_array(np.array([PER_ROW_ZERO_POINT], np.uint8))),
+    ]
+
+
+def _leading_axes(model: onnx.ModelProto) -> dict[str, tuple[str | int, ...]]:
+    """The leading axes (all but the last) of every tensor whose shape ONNX Runtime's symbolic
+    shape inference resolves, e.g. ("batch", "new_tokens"); empty where it cannot infer the graph.
+    Activations with the same leading axes share one zero-point tensor."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception as e:  # an op it does not know: every activation then gets its own zero point
+        log.info("no symbolic shapes (%s); one zero-point tensor per quantized activation", e)
+        return {}
+    axes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input]:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        if dims and all(dims):
+            axes[value.name] = tuple(dims[:-1])
+    return axes
+
+
+def _quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights in [-PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX] and their float32 scale per column."""
+    scale = np.maximum(np.abs(weight).max(axis=0), np.finfo(np.float32).tiny) / PER_ROW_WEIGHT_MAX
+    quantized = np.clip(np.round(weight / scale), -PER_ROW_WEIGHT_MAX, PER_ROW_WEIGHT_MAX)
+    return quantized.astype(np.int8), scale.astype(np.float32)
+
+
+def _bias_apart(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], products: set[str]) -> None:
+    """Writes each bias Add after a rewritten MatMul as Sum(product, bias), the same sum.
+
+    ONNX Runtime (1.31) fuses MatMulInteger -> Cast -> Mul into MatMulIntegerToFloat, and with it
+    a following Add of a constant; its kernel then adds that bias before scaling by a non-scalar
+    (per-row) A scale, so the bias comes out multiplied by the row's scale. A Sum is not fused:
+    the bias is added after the scaling, as written."""
+    for node in nodes:
+        if node.op_type == "Add" and products.intersection(node.input) and inits.keys() & set(node.input):
+            node.op_type = "Sum"
+
+
+def _weight_of(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The (K, N) float32 weight of a MatMul, or of a plain Gemm (alpha = beta = 1, A not
+    transposed), whose weight is an initializer; None for any other node."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    weight = inits[node.input[1]]
+    if len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)):
+        return None
+    value = numpy_helper.to_array(weight).astype(np.float32)
+    return np.ascontiguousarray(value.T) if attrs.get("transB", 0) else value
+
+
+def per_row_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrites, in place, every MatMul (and plain Gemm) whose weight is a 2-D float32 initializer as
+    MatMulInteger(quantized rows of x, int8 weight) -> float32 -> x (row scale x column scale);
+    returns how many. MatMuls that share an input share its quantization (Q, K and V). Those
+    without an initializer weight (attention's Q.K and weights.V) stay float32.
+
+    Shapes: x (..., K) with any leading axes, weight (K, N), result (..., N) as before."""
+    graph = model.graph
+    inits = _initializers(graph)
+    leading = _leading_axes(model)
+    nodes: list[onnx.NodeProto] = []
+    rows: dict[str, tuple[str, str]] = {}  # activation -> (quantized, scale)
+    zero_points: dict[object, str] = {}  # leading axes (or the activation itself) -> zero-point tensor
+    added = [
+        _scalar("per_row/last_axis", np.array([-1], np.int64)),
+        _scalar("per_row/inverse_activation_max", np.array(1 / PER_ROW_ACTIVATION_MAX, np.float32)),
+        _scalar("per_row/zero_point", np.array(PER_ROW_ZERO_POINT, np.uint8)),
+    ]
+    rewritten: set[str] = set()  # outputs of the MatMuls rewritten
+    for node in graph.node:
+        weight = _weight_of(node, inits)
+        if weight is None:
+            nodes.append(node)
+            continue
+        x, out = node.input[0], node.output[0]
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        if bias is not None:  # a Gemm's C, added after the product
+            out = f"{node.output[0]}/product"
+        if x not in rows:
+            prefix, key = f"per_row/{len(rows)}", leading.get(x, x)
+            quantize, q, scale = _quantize_rows(x, weight.shape[0], prefix, zero_points.get(key, f"{prefix}/zero_point"))
+            if key not in zero_points:
+                zero_points[key] = f"{prefix}/zero_point"
+                quantize[3:3] = _zero_points(scale, zero_points[key])
+            nodes.extend(quantize)
+            rows[x] = q, scale
+        q, scale = rows[x]
+        w, w_scale = _quantize_columns(weight)
+        added += [_scalar(f"{out}/weight_int8", w), _scalar(f"{out}/weight_scale", w_scale)]
+        # ONNX Runtime fuses these four into one MatMulIntegerToFloat (and not a bias after them: `_bias_apart`).
+        nodes += [
+            onnx.helper.make_node("MatMulInteger", [q, f"{out}/weight_int8", "per_row/zero_point"],
+                                  [f"{out}/int32"]),
+            onnx.helper.make_node("Cast", [f"{out}/int32"], [f"{out}/float"], to=onnx.TensorProto.FLOAT),
+            onnx.helper.make_node("Mul", [scale, f"{out}/weight_scale"], [f"{out}/scale"]),
+            onnx.helper.make_node("Mul", [f"{out}/float", f"{out}/scale"], [out]),
+        ]
+        if bias is not None:
+            nodes.append(onnx.helper.make_node("Add", [out, bias], [node.output[0]]))
+        rewritten.add(out)
+    _bias_apart(nodes, inits, rewritten)
+    used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    kept = [init for init in graph.initializer if init.name in used] + [init for init in added if init.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if rewritten:
+        for opset in model.opset_import:
+            if opset.domain in ("", "ai.onnx"):
+                opset.version = max(opset.version, PER_ROW_OPSET)
+    return len(rewritten)
+
+
 def int8_method(form: str) -> str:
     """The manifest's description of how an int8 form was made."""
+    if form == "qint8-per-row":
+        return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with int8 "
+                f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and activations in "
+                f"[-{PER_ROW_ACTIVATION_MAX}, {PER_ROW_ACTIVATION_MAX}] scaled per row (blocked QuantizeLinear; a row's numbers do not depend on its batch-mates); "
+                "onnxruntime.quantization.quantize_dynamic for Gather (embeddings, QInt8 per tensor); LSTM cells float32")
     if form == "matmulnbits-8bit":
         return ("onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer: 8-bit weights in blocks of "
                 f"{NBITS_BLOCK}, symmetric, accuracy_level 4 (int8 activations); MatMul (output projection included)")
@@ -189,10 +359,15 @@ def _quantize_int8(folded: Path, dst: Path, form: str) -> None:
         if form == "matmulnbits-8bit":
             _quantize_nbits(onnx.load(str(folded)), dst)
             return
+        if form == "qint8-per-row":
+            model = onnx.load(str(folded))
+            per_row_matmuls(model)
+            onnx.save_model(model, str(folded))
         quantize_dynamic(
             folded,
             dst,
-            op_types_to_quantize=list(INT8_OP_TYPES),
+            # Per row: the MatMuls are done; the embedding lookups' fixed scales do not depend on the batch.
+            op_types_to_quantize=["Gather"] if form == "qint8-per-row" else list(INT8_OP_TYPES),
             per_channel=form.endswith("per-channel"),
             weight_type=QuantType.QInt8 if form.startswith("qint8") else QuantType.QUInt8,
             # Weights only: attention's activation-by-activation MatMuls (Q.K, weights.V) stay float32.

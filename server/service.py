@@ -247,6 +247,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
                         **({"source_language": m.source_language} if m.source_language else {}),
                         **({"target_language": m.target_language} if m.target_language else {}),
                         **{k: str(v) for k, v in m.dims.items()},
+                        "precision": m.precision.precision,
                     },
                     forecast=_forecast_info(m.forecast) if m.forecast else None,
                 )

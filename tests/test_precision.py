@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +18,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from seqcast.client import SeqcastClient
 from seqcast.export.bundle import exported_precision
+from seqcast.export.corpus import read_split
 from seqcast.export.precision import quantize_bundle
 from seqcast.export.quality import QualityBar, loaded, reference_logps
-from seqcast.export.quantize import fold_weights, weight_matmuls
+from seqcast.export.quantize import fold_weights, per_row_matmuls, weight_matmuls
 from seqcast.server.cli import main as seqcast
 from seqcast.server.decoding import forecast_values, greedy_tokens
 from seqcast.server.manifest import Manifest
 from seqcast.server.models import load_model
 from seqcast.server.runtime import RuntimeOptions
+
+from conftest import committed_models, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 EN_DE = REPO / "models" / "en-de" / "1"
@@ -75,11 +80,46 @@ def test_int8_bundle_loads_in_the_server_and_translates_close_to_float32(en_de_i
     assert _translate(en_de_int8) == int8  # deterministic
 
 
+def test_int8_sentences_decode_the_same_alone_and_in_batches_of_16(en_de_int8: Path) -> None:
+    """Activations are quantized per row, so in-flight batching cannot change a sentence's tokens.
+    (ONNX Runtime's quantize_dynamic, one scale per call, changes some of these 64: see
+    docs/benchmarks.md.)"""
+    model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
+    sources = model.codec.encode([pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)])
+    special = model.manifest.special_tokens
+    alone = greedy_tokens(model.runtime, special, sources, 32, batch_size=1)
+    assert greedy_tokens(model.runtime, special, sources, 32, batch_size=16) == alone
+
+
+def test_the_server_lists_an_int8_bundle_and_batching_never_changes_its_tokens(en_de_int8: Path) -> None:
+    """Served beside its float32 source: 64 texts in one request (one batch) and single-text
+    requests joining it under in-flight batching each get what the int8 bundle's own decoding of
+    that text alone gives."""
+    models = committed_models(en_de_int8.parents[1], ("en-de",))
+    texts = [pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)]
+    model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
+    alone = greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(texts), 32, batch_size=1)
+    expected = [model.codec.decode(tokens) for tokens in alone]
+    server = start_server(models, default_model="en-de-int8", default_forecast_model="", log_level="WARNING")
+    try:
+        with SeqcastClient(server.target) as client, ThreadPoolExecutor(9) as pool:
+            listed = {m.name: m.metadata["precision"] for m in client.list_models()}
+            together = pool.submit(client.translate, texts, max_new_tokens=32)
+            singles = list(pool.map(lambda t: client.translate(t, max_new_tokens=32)[0].text, texts[:16]))
+            streamed = ["".join(c.text for c in client.translate_stream(t, max_new_tokens=32)) for t in texts[:4]]
+            batch = [r.text for r in together.result()]
+    finally:
+        server.stop()
+    assert listed == {"en-de-int8": "int8", "en-de": "fp32"}
+    assert batch == expected
+    assert singles == expected[:16] and streamed == expected[:4]
+
+
 def test_int8_manifest_records_precision_method_ops_sizes_and_quality(en_de_int8: Path) -> None:
     manifest = Manifest.read(en_de_int8)
     info = manifest.precision
     assert (manifest.name, manifest.version, manifest.export.weights_dtype) == ("en-de-int8", "1", "int8")
-    assert info.precision == "int8" and "quantize_dynamic" in info.method and info.devices == ["cpu"]
+    assert info.precision == "int8" and "scaled per row" in info.method and info.devices == ["cpu"]
     assert info.source == "en-de v1" and info.source_decoder_sha256 == Manifest.read(EN_DE).files["decoder.onnx"]
     assert info.quantized_ops["decoder.onnx"]["MatMulInteger"] == info.weight_matmuls["decoder.onnx"] == 25
     assert info.quantized_ops["decoder.onnx"]["Gather"] == 1  # the embedding table is int8 too
@@ -162,6 +202,7 @@ def test_int8_transformers_are_fused_unless_asked_not_to(en_de_int8: Path, tmp_p
 
 
 @pytest.mark.parametrize(("args", "op"), [(["--int8-form", "matmulnbits-8bit", "--no-fuse"], "MatMulNBits"),
+                                          (["--int8-form", "qint8-per-tensor"], "DynamicQuantizeLinear"),
                                           (["--precision", "fp32", "--fuse"], "SkipLayerNormalization")])
 def test_the_other_forms_measured_in_the_benchmarks(tmp_path: Path, args: list[str], op: str) -> None:
     out = tmp_path / "en-de" / "4"
@@ -174,6 +215,27 @@ def test_the_other_forms_measured_in_the_benchmarks(tmp_path: Path, args: list[s
         sources = model.codec.encode(SENTENCES)
         alone = [greedy_tokens(model.runtime, model.manifest.special_tokens, [s], 32)[0] for s in sources]
         assert greedy_tokens(model.runtime, model.manifest.special_tokens, sources, 32) == alone
+
+
+def test_a_per_row_matmul_with_bias_stays_close_to_float32_and_ignores_its_batch_mates() -> None:
+    """One Linear (MatMul + bias Add, rows of very different sizes) through `per_row_matmuls`, run
+    with ONNX Runtime's full optimizations as the server runs it: each row within int8 error of
+    float32, bias included, and the same alone as beside a row 1000x larger."""
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((64, 48)).astype(np.float32), np.full(48, -30, np.float32)
+    inits = [onnx.numpy_helper.from_array(weight, "w"), onnx.numpy_helper.from_array(bias, "b")]
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["xw"]), onnx.helper.make_node("Add", ["xw", "b"], ["y"])], "linear",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "length", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "length", 48])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=9)
+    assert per_row_matmuls(model) == 1
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32) * np.array([1, 1000], np.float32)[:, None, None]
+    (batched,) = session.run(None, {"x": x})
+    error = np.abs(batched - (x @ weight + bias))
+    assert (error <= 0.03 * np.abs(x @ weight).max(-1, keepdims=True)).all()
+    np.testing.assert_array_equal(session.run(None, {"x": x[:1]})[0], batched[:1])
 
 
 def test_teacher_forcing_in_one_call_equals_step_by_step_and_unbatched() -> None:
