@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders
 
 _INCOMPLETE = "\ufffd"
 
@@ -35,6 +35,30 @@ class TextCodec:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of target token ids, special tokens left out."""
         return self.target_tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def source_pieces(self, ids: Sequence[int]) -> list[str]:
+        """Source token ids as readable pieces (e.g. "▁Save", "</s>"); see `_piece`."""
+        return [_piece(self.tokenizer, i) for i in ids]
+
+    def target_pieces(self, ids: Sequence[int]) -> list[str]:
+        """Target token ids as readable pieces; see `_piece`."""
+        return [_piece(self.target_tokenizer, i) for i in ids]
+
+
+def _piece(tokenizer: Tokenizer, id_: int) -> str:
+    """A token as its vocabulary spells it, with "▁" marking a word start (SentencePiece's way).
+
+    Byte-level BPE spells bytes as stand-in characters ("ĠgeÃ¶ffnet"); its decoder turns one
+    piece back into text (" geöffnet"), whose leading space becomes "▁" ("▁geöffnet"). A piece
+    holding part of a character shows it as U+FFFD.
+    """
+    piece = tokenizer.id_to_token(id_)
+    if piece is None:
+        return f"<id {id_}>"
+    if isinstance(tokenizer.decoder, decoders.ByteLevel):
+        text = tokenizer.decoder.decode([piece])
+        return "▁" + text[1:] if text.startswith(" ") else text
+    return piece
 
 
 class StreamDetokenizer:

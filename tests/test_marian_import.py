@@ -184,7 +184,7 @@ class HfRuleBeam(BeamSequence):
 
     low_eos = 0
 
-    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[int]]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[int]]:
         total = self.scores[:, None] + _log_softmax(outputs)
         vocab = total.shape[1]
         candidates = np.argsort(-total, axis=None, kind="stable")[: 2 * self.k]
