@@ -27,6 +27,7 @@ class TextCodec:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.target_tokenizer = Tokenizer.from_file(str(target_tokenizer_file)) if target_tokenizer_file else self.tokenizer
         self.eos_id = eos_id
+        self._eos_piece = _piece(self.target_tokenizer, eos_id)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Source token ids of each text, end-of-sequence appended."""
@@ -37,8 +38,10 @@ class TextCodec:
         return self.target_tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def source_pieces(self, ids: Sequence[int]) -> list[str]:
-        """Source token ids as readable pieces (e.g. "▁Save", "</s>"); see `_piece`."""
-        return [_piece(self.tokenizer, i) for i in ids]
+        """Source token ids as readable pieces (e.g. "▁Save", "</s>"); see `_piece`. The
+        end-of-sequence the server appends is named as the target vocabulary names it: an
+        imported source vocabulary may leave unnamed what its tokenizer never produces."""
+        return [self._eos_piece if i == self.eos_id else _piece(self.tokenizer, i) for i in ids]
 
     def target_pieces(self, ids: Sequence[int]) -> list[str]:
         """Target token ids as readable pieces; see `_piece`."""
