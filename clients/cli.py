@@ -171,7 +171,7 @@ def _translate(client: SeqcastClient, args: argparse.Namespace) -> int:
         chunks = client.translate_stream(args.texts, **options)
         if args.json:
             for chunk in chunks:
-                print(json.dumps(_without_unasked(chunk), ensure_ascii=False), flush=True)
+                print(json.dumps(_as_json(chunk), ensure_ascii=False), flush=True)
             return 0
         printed = _print_in_order(chunks, sys.stdout)
         if printed < len(args.texts):
@@ -180,18 +180,18 @@ def _translate(client: SeqcastClient, args: argparse.Namespace) -> int:
         return 0
     results = client.translate(args.texts, **options)
     if args.json:
-        print(json.dumps([_without_unasked(r) for r in results], ensure_ascii=False, indent=2))
+        print(json.dumps([_as_json(r) for r in results], ensure_ascii=False, indent=2))
     else:
         for result in results:
             print(result.text)
             if args.alignments and result.alignments is not None:
-                print(format_alignments(result.alignments), end="\n")
+                print(format_alignments(result.alignments))  # and a blank line
     if args.plot_alignments is not None:
         return _plot_alignments(args.texts, results, args.plot_alignments)
     return 0
 
 
-def _without_unasked(record: Translation | TranslationChunk) -> dict[str, Any]:
+def _as_json(record: Translation | TranslationChunk) -> dict[str, Any]:
     """A result or chunk as JSON, its `alignments` left out unless they were asked for."""
     fields = asdict(record)
     if fields["alignments"] is None:

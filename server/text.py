@@ -4,6 +4,9 @@ A bundle with separate source and target vocabularies (imported Marian models) a
 `target_tokenizer`: `tokenizer.json` then only encodes the source and the target one decodes.
 Both are plain `tokenizers` files, so serving needs neither sentencepiece nor torch.
 
+`source_pieces` and `target_pieces` spell tokens out readably, one string per token, for the
+labels of word alignments.
+
 `StreamDetokenizer` turns tokens into text pieces as they arrive, incrementally: each call
 decodes only a short window of recent tokens (the tokens of the last piece it emitted, which
 give the window its context, plus the new ones), never the whole text again. Byte-level BPE can

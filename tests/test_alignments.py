@@ -5,8 +5,10 @@ them unary and streamed, and `seqcast-client translate --alignments / --plot-ali
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -317,6 +319,12 @@ def test_client_prints_alignments_and_plots_them(en_de_client, tmp_path: Path, c
         cells = line.split()
         assert cells[0] == token and [int(c.rstrip("*")) for c in cells[1:]] == [round(100 * w) for w in weights]
         assert cells[1 + int(np.argmax(weights))].endswith("*")
+    assert client_main([*target, "translate", "--json", "--alignments", "Save changes"]) == 0
+    [printed] = json.loads(capsys.readouterr().out)
+    assert printed["alignments"] == asdict(result.alignments)
+    assert client_main([*target, "translate", "--stream", "--json", "--alignments", "Save changes"]) == 0
+    chunks = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row for c in chunks for row in c["alignments"]["weights"]] == result.alignments.weights
     png = tmp_path / "alignments.png"
     assert client_main([*target, "translate", "--plot-alignments", str(png), "Save changes", "The file could not be opened."]) == 0
     assert capsys.readouterr().out.splitlines() == [r.text for r in en_de_client.translate(["Save changes", "The file could not be opened."])]
