@@ -253,6 +253,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
                     metadata={
                         **({"source_language": m.source_language} if m.source_language else {}),
                         **({"target_language": m.target_language} if m.target_language else {}),
+                        **({"alignment_layer": str(m.alignment_layer)} if m.alignment_layer is not None else {}),
                         **{k: str(v) for k, v in m.dims.items()},
                     },
                     forecast=_forecast_info(m.forecast) if m.forecast else None,

@@ -296,6 +296,8 @@ def test_en_de_alignments_are_the_same_alone_in_a_batch_and_streamed(en_de_clien
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_model_without_alignments_refuses_them_naming_the_model_and_the_fix(en_de_client, stream) -> None:
     texts = TEXTS[:2]
+    layers = {m.name: m.metadata.get("alignment_layer") for m in en_de_client.list_models()}
+    assert layers == {"en-de": "1", "en-de-plain": None}
     assert [r.alignments for r in en_de_client.translate(texts, model="en-de-plain", max_new_tokens=8)] == [None, None]
     with pytest.raises(SeqcastError) as refused:
         if stream:
