@@ -2,8 +2,9 @@
 its own bare decoding loop, side by side in one run.
 
 Starts `seqcast serve` on the en-de bundle once per scheduling policy, each its own process, and
-drives one at a time with N concurrent streaming clients (`seqcast.client.loadgen`) for T
-seconds, on real test-split sentences. With `--exact` (the default) every request decodes
+drives one at a time with N concurrent streaming clients (`seqcast-client bench`, its own
+process at the lowest CPU priority by default: `--client-nice`) for T seconds, on real test-split
+sentences. With `--exact` (the default) every request decodes
 exactly `--max-new-tokens` tokens (min_new_tokens = max_new_tokens), so request lengths don't
 vary and the server can be held against the bare loop: the same greedy decoding run directly on
 ONNX Runtime at batch N, each cell in a fresh process, for the same time. Every cell runs
@@ -18,6 +19,7 @@ Internally `--bare N` runs one bare-loop cell and prints its tokens/s.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -32,7 +34,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from seqcast.client import SeqcastClient
-from seqcast.client.loadgen import LoadSummary, run_load
+from seqcast.client.loadgen import LoadSummary
 from seqcast.export.corpus import read_split
 from seqcast.server.decoding import greedy_tokens
 from seqcast.server.models import load_model
@@ -65,9 +67,11 @@ def texts_for_bench() -> list[str]:
     return [t for t in texts if len(t) <= 200]
 
 
-def bare_cell(batch: int, args: argparse.Namespace) -> float:
-    """Tokens/s of the bare loop: greedy batches of `batch` texts, each decoding exactly
-    max_new_tokens (end-of-sequence held back), for `duration` seconds after `warmup`."""
+def bare_cell(batch: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Tokens/s of the bare loop, and its CPU ms per token: greedy batches of `batch` texts, each
+    decoding exactly max_new_tokens (end-of-sequence held back), for `duration` seconds after
+    `warmup`. ONNX Runtime runs on the calling thread (one intra-op thread), so its CPU time is
+    the loop's."""
     model = load_model(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
     special = model.manifest.special_tokens
     sources = model.codec.encode(texts_for_bench())
@@ -82,19 +86,59 @@ def bare_cell(batch: int, args: argparse.Namespace) -> float:
     warm_until = time.perf_counter() + args.warmup
     while time.perf_counter() < warm_until:
         one_batch()
-    tokens, started = 0, time.perf_counter()
+    tokens, started, cpu = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - started < args.duration:
         tokens += one_batch()
-    return tokens / (time.perf_counter() - started)
+    return tokens / (time.perf_counter() - started), (time.thread_time() - cpu) / tokens * 1e3
 
 
-def run_bare(batch: int, args: argparse.Namespace) -> float:
+def run_bare(batch: int, args: argparse.Namespace) -> tuple[float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--bare", str(batch), "--duration", str(args.duration), "--warmup", str(args.warmup),
          "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)],
         capture_output=True, text=True, check=True,
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, cpu_ms = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu_ms)
+
+
+@dataclass(frozen=True)
+class ThreadTime:
+    """Seconds a thread ran on a core, and seconds it was runnable but waited for one."""
+
+    running: float
+    waiting: float
+
+
+def thread_times(pid: int) -> dict[int, ThreadTime]:
+    """Every thread of process `pid`, by thread id, from the kernel's scheduler statistics
+    (/proc/<pid>/task/<tid>/schedstat: nanoseconds on a core, nanoseconds on a run queue)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            running, waiting = (task / "schedstat").read_text().split()[:2]
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = ThreadTime(int(running) / 1e9, int(waiting) / 1e9)
+    return out
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """Where a server's time went during one cell, in cores (seconds per second of the cell)."""
+
+    decode_running: float  # the decoding thread on a core
+    decode_waiting: float  # the decoding thread runnable, waiting for a core
+    other_running: float  # every other thread (gRPC, the event loop, the task layer) together
+
+
+def cpu_split(before: dict[int, ThreadTime], after: dict[int, ThreadTime], seconds: float) -> CpuSplit:
+    """The busiest thread is the decoding thread (ONNX Runtime runs on it with one intra-op thread)."""
+    zero = ThreadTime(0.0, 0.0)
+    used = {t: ThreadTime(a.running - before.get(t, zero).running, a.waiting - before.get(t, zero).waiting) for t, a in after.items()}
+    top = max(used, key=lambda t: used[t].running)
+    others = sum(u.running for t, u in used.items() if t != top)
+    return CpuSplit(used[top].running / seconds, used[top].waiting / seconds, others / seconds)
 
 
 @dataclass(frozen=True)
@@ -108,30 +152,8 @@ class Cell:
     ttft_p99_ms: float
     requests: int
     errors: int
-    # Cores the server process used: its decoding thread, and every other thread together.
-    decode_cores: float = 0.0
-    other_cores: float = 0.0
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of process `pid`, by thread id (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
-def cpu_split(before: dict[int, float], after: dict[int, float], seconds: float) -> tuple[float, float]:
-    """Cores used over `seconds` by the busiest thread (the decoding thread: ONNX Runtime runs on
-    it with one intra-op thread) and by all the others (gRPC, the event loop, the task layer)."""
-    used = {t: after[t] - before.get(t, 0.0) for t in after}
-    top = max(used.values())
-    return top / seconds, (sum(used.values()) - top) / seconds
+    # Medians of the server's CpuSplit over the rounds.
+    cpu: CpuSplit = CpuSplit(0.0, 0.0, 0.0)
 
 
 def _cell(runs: list[LoadSummary]) -> Cell:
@@ -141,11 +163,26 @@ def _cell(runs: list[LoadSummary]) -> Cell:
                 sum(r.completed for r in runs), sum(sum(r.errors.values()) for r in runs))
 
 
-def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[float]]]:
+def run_client(target: str, clients: int, args: argparse.Namespace, texts_file: Path, exact: int | None) -> LoadSummary:
+    """One load-generator cell: `seqcast-client bench` in its own process at CPU priority
+    `--client-nice`, so that on a machine of few cores it takes only what the server leaves idle,
+    as a client on another machine would."""
+    command = [str(Path(sys.executable).with_name("seqcast-client")), "--target", target, "bench",
+               "--concurrency", str(clients), "--duration", str(args.duration), "--warmup", str(args.warmup),
+               "--max-new-tokens", str(args.max_new_tokens), "--texts", str(texts_file), "--drain", "120", "--json", "--quiet"]
+    if exact is not None:
+        command += ["--min-new-tokens", str(exact)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=lambda: os.nice(args.client_nice))
+    return LoadSummary(**json.loads(out.stdout))
+
+
+def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[tuple[float, float]]]]:
     servers = {policy: serve(policy, args.threads) for policy in POLICIES}
+    texts_file = Path(tempfile.mkdtemp(prefix="seqcast-bench-texts-")) / "texts.txt"
+    texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     runs: dict[tuple[str, int], list[LoadSummary]] = {}
-    bare: dict[int, list[float]] = {}
-    cpu: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    bare: dict[int, list[tuple[float, float]]] = {}
+    cpu: dict[tuple[str, int], list[CpuSplit]] = {}
     exact = args.max_new_tokens if args.exact else None
     try:
         for _, target in servers.values():
@@ -156,14 +193,14 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
             for r in range(args.rounds):
                 for cell in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
                     if cell == "bare":
-                        rate = run_bare(clients, args)
-                        bare.setdefault(clients, []).append(rate)
+                        rate, cpu_ms = run_bare(clients, args)
+                        bare.setdefault(clients, []).append((rate, cpu_ms))
                     else:
                         pid = servers[cell][0].pid
-                        before, t0 = thread_cpu(pid), time.perf_counter()
-                        s = run_load(servers[cell][1], clients, args.duration, max_new_tokens=args.max_new_tokens,
-                                     min_new_tokens=exact, texts=texts, warmup=args.warmup, drain_timeout=120)
-                        split = cpu_split(before, thread_cpu(pid), time.perf_counter() - t0)
+                        before = thread_times(pid)
+                        s = run_client(servers[cell][1], clients, args, texts_file, exact)
+                        # Over the load generator's sending time (warm-up and window), not its start-up.
+                        split = cpu_split(before, thread_times(pid), s.window_start_s + s.window_s)
                         runs.setdefault((cell, clients), []).append(s)
                         cpu.setdefault((cell, clients), []).append(split)
                         rate = s.output_tokens_per_s or 0
@@ -173,29 +210,35 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
             proc.terminate()
             proc.wait(timeout=60)
     cells = {key: _cell(v) for key, v in runs.items()}
-    cells = {key: Cell(**{**c.__dict__, "decode_cores": statistics.median(d for d, _ in cpu[key]),
-                          "other_cores": statistics.median(o for _, o in cpu[key])}) for key, c in cells.items()}
-    return cells, bare
+    medians = {key: CpuSplit(*(statistics.median(getattr(c, f) for c in splits) for f in ("decode_running", "decode_waiting", "other_running")))
+               for key, splits in cpu.items()}
+    return {key: Cell(**{**c.__dict__, "cpu": medians[key]}) for key, c in cells.items()}, bare
 
 
-def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[float]], args: argparse.Namespace) -> None:
+def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[tuple[float, float]]], args: argparse.Namespace) -> None:
     print("| clients | bare loop tok/s (batch = clients) | in-flight tok/s | in-flight / bare | static tok/s | none tok/s "
           "| in-flight / none | TTFT p50 ms in-flight / static / none | TTFT p99 ms in-flight / static / none | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.concurrency:
         i, s, z = (cells[(p, n)] for p in POLICIES)
-        b = statistics.median(bare[n])
-        print(f"| {n} | {b:,.0f} ({min(bare[n]):,.0f}-{max(bare[n]):,.0f}) | {i.tokens_per_s:,.0f} ({i.low:,.0f}-{i.high:,.0f}) "
+        rates = [r for r, _ in bare[n]]
+        b = statistics.median(rates)
+        print(f"| {n} | {b:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | {i.tokens_per_s:,.0f} ({i.low:,.0f}-{i.high:,.0f}) "
               f"| {i.tokens_per_s / b:.2f} | {s.tokens_per_s:,.0f} | {z.tokens_per_s:,.0f} | {i.tokens_per_s / max(z.tokens_per_s, 1e-9):.2f}x "
               f"| {i.ttft_p50_ms:.0f} / {s.ttft_p50_ms:.0f} / {z.ttft_p50_ms:.0f} "
               f"| {i.ttft_p99_ms:.0f} / {s.ttft_p99_ms:.0f} / {z.ttft_p99_ms:.0f} | {i.errors + s.errors + z.errors} |")
-    print("\nServer CPU during the in-flight cells (cores, medians): the decoding thread, and every other "
-          "thread (gRPC, the event loop, the task layer) together.\n")
-    print("| clients | decoding thread | other threads |")
-    print("|---|---|---|")
+    print("\nWhere the in-flight server's time went (medians over rounds, fractions of the cell's wall time): the "
+          "decoding thread on a core, runnable but waiting for one (on a run queue), and asleep (blocked on the "
+          "interpreter lock, or waiting for work); its CPU per generated token against the bare loop's; and every "
+          "other server thread's cores together.\n")
+    print("| clients | decoding thread running | waiting for a core | asleep (the interpreter lock, or no work) | CPU ms / token: decoding thread / bare loop | other threads running |")
+    print("|---|---|---|---|---|---|")
     for n in args.concurrency:
         c = cells[("inflight", n)]
-        print(f"| {n} | {c.decode_cores:.2f} | {c.other_cores:.2f} |")
+        per_token = c.cpu.decode_running / max(c.tokens_per_s, 1e-9) * 1e3
+        bare_ms = statistics.median(ms for _, ms in bare[n])
+        asleep = max(0.0, 1.0 - c.cpu.decode_running - c.cpu.decode_waiting)
+        print(f"| {n} | {c.cpu.decode_running:.2f} | {c.cpu.decode_waiting:.2f} | {asleep:.2f} | {per_token:.3f} / {bare_ms:.3f} | {c.cpu.other_running:.2f} |")
 
 
 def main() -> None:
@@ -208,17 +251,20 @@ def main() -> None:
     parser.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
                         help="every request decodes exactly --max-new-tokens tokens (default on)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads, server and bare loop")
+    parser.add_argument("--client-nice", type=int, default=19, choices=range(0, 20), metavar="0-19",
+                        help="CPU priority (nice) of the load generator: 19 (default) lets it use only CPU the server "
+                             "leaves idle, as a client on another machine would; 0 lets it compete with the server")
     parser.add_argument("--bare", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
-        print(bare_cell(args.bare, args))
+        print(*bare_cell(args.bare, args))
         return
     texts = texts_for_bench()
     lengths = f"exactly {args.max_new_tokens}" if args.exact else f"up to {args.max_new_tokens}"
     print(f"serving benchmark: en-de bundle, greedy, {lengths} new tokens per request, {args.duration:.0f} s per cell "
           f"after {args.warmup:.0f} s warm-up, median (min-max) of {args.rounds} rounds")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__}; "
-          f"{args.threads} intra-op thread(s)")
+          f"{args.threads} intra-op thread(s); load generator at nice {args.client_nice}")
     print("command: python bench/serving.py " + " ".join(sys.argv[1:]) + "\n")
     cells, bare = measure(args, texts)
     report(cells, bare, args)

@@ -3,7 +3,9 @@ reflection, the optional HTTP/JSON front end on the same event loop; and running
 
 `create_server` is what tests use: it binds (port 0 picks a free port) and returns the started
 server with its port. `serve` is the long-running front end: load bundles, start, log where it
-listens, and on SIGTERM/SIGINT turn health NOT_SERVING and stop after `drain_seconds`.
+listens, and on SIGTERM/SIGINT turn health NOT_SERVING and stop after `drain_seconds`. While it
+runs, a task rescans `model_dir` every `model_poll_seconds` (`ModelRegistry.refresh`) and health
+follows what serves (`seqcast.server.health`).
 
 The API port speaks plaintext, TLS or mutual TLS (settings `tls_*`). An optional second,
 plaintext listener (`health_port`) serves only grpc.health.v1, for probes that can't speak TLS.
@@ -20,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2_grpc
 
-from seqcast.inference import grpc_service_pb2 as inference_pb
 from seqcast.inference import grpc_service_pb2_grpc as inference_grpc
-from seqcast.server import metrics
+from seqcast.server import metrics, reflection
+from seqcast.server.health import SERVICES, Health
 from seqcast.server.http import HttpServer, start_http
+from seqcast.server.malformed import MalformedRequests
 from seqcast.server.kserve import InferenceServicer
 from seqcast.server.metrics import MetricsServer
 from seqcast.server.models import ModelRegistry
@@ -34,7 +36,6 @@ from seqcast.server.runtime import RuntimeOptions
 from seqcast.server.scheduler import SchedulerLimits
 from seqcast.server.service import ForecastingServicer, ModelsServicer, TranslationServicer
 from seqcast.server.settings import ServerSettings
-from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -44,27 +45,46 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     registry: ModelRegistry
-    health: health.aio.HealthServicer
+    health: Health
     metrics: MetricsServer | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     inference: InferenceServicer | None = None  # KServe v2; its readiness follows health
     http: HttpServer | None = None
+    # Rescans model_dir every `model_poll_seconds` (live model updates); None when off.
+    watcher: asyncio.Task[None] | None = None
 
     @property
     def http_port(self) -> int | None:
         return None if self.http is None else self.http.port
 
-    async def set_health(self, status: int) -> None:
-        """Health of the whole server (""), of every model by name, and of every service."""
-        for service in ["", *self.registry.models, *_SERVICES]:
-            await self.health.set(service, status)
+    async def sync_health(self) -> None:
+        """Health of the server, every service and every model, from what serves now."""
+        await self.health.sync(self.registry)
         if self.inference is not None:
-            self.inference.ready = status == health_pb2.HealthCheckResponse.SERVING
+            self.inference.ready = self.health.serving
+
+    async def refresh(self) -> None:
+        """Rescans model_dir now: loads new versions, drains replaced and removed ones; health follows."""
+        await self.registry.refresh()
+        await self.sync_health()  # also when nothing changed: a new folder may have been refused
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:  # a bug: the models that serve keep serving, the next scan tries again
+                log.exception("rescanning %s failed; trying again in %gs", self.registry.repository.model_dir, interval)
 
     async def stop(self, grace: float | None) -> None:
         """Health NOT_SERVING, no new calls, running calls finish within `grace`, then models close."""
-        await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.watcher is not None:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
+        await self.health.shutdown()
+        if self.inference is not None:
+            self.inference.ready = False
         if self.http is not None:
             await asyncio.gather(self.server.stop(grace), self.http.stop())
         else:
@@ -76,12 +96,6 @@ class RunningServer:
             metrics.forget_model(model)
         if self.metrics is not None:
             self.metrics.stop()
-
-
-_SERVICES = [
-    *(pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Translation", "Forecasting", "Models")),
-    inference_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-]
 
 
 def runtime_options(settings: ServerSettings) -> RuntimeOptions:
@@ -107,39 +121,41 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 
 async def create_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
-    """Loads the bundles (unless a registry is given), binds, starts; returns the running server."""
+    """Reads the TLS files, loads the bundles (unless a registry is given), binds, starts; returns
+    the running server. No bundle stops it from starting: refused ones are logged."""
+    credentials = server_credentials(settings)  # before the models: a bad key fails in a second
     registry = registry or ModelRegistry.load(
         settings.model_dir, runtime_options(settings), settings.default_model, settings.default_forecast_model,
         SchedulerLimits.from_settings(settings),
     )
-    server = grpc.aio.server(options=server_options(settings))
+    malformed = MalformedRequests()
+    server = grpc.aio.server(options=server_options(settings), interceptors=[malformed])
     pb_grpc.add_TranslationServicer_to_server(TranslationServicer(registry, settings), server)
     pb_grpc.add_ForecastingServicer_to_server(ForecastingServicer(registry, settings), server)
     pb_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
     inference = InferenceServicer(registry, settings)
     inference_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = Health()
+    await health_servicer.sync(registry)  # before the first probe can ask
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable([*SERVICES, health.SERVICE_NAME], server)
     address = f"{settings.host}:{settings.port}"
-    credentials = server_credentials(settings)
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     await server.start()
     health_server, health_port = None, None
     if settings.health_port is not None:
-        health_server = grpc.aio.server()
+        health_server = grpc.aio.server(interceptors=[malformed])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         await health_server.start()
-    for name, model in registry.models.items():
-        m = model.manifest
-        metrics.set_model_info(name, m.version, m.task, m.architecture, model.runtime.provider)
     exporter = None
     if settings.metrics_port is not None:
         exporter = metrics.start_metrics_server(settings.metrics_host, settings.metrics_port)
     http = await start_http(registry, settings) if settings.http_port is not None else None
     running = RunningServer(server, port, registry, health_servicer, exporter, health_server, health_port, inference, http)
-    await running.set_health(health_pb2.HealthCheckResponse.SERVING)
+    await running.sync_health()
+    if settings.model_poll_seconds > 0:
+        running.watcher = asyncio.create_task(running.watch(settings.model_poll_seconds))
     return running
 
 

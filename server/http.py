@@ -34,7 +34,7 @@ import grpc
 from aiohttp import web
 
 from seqcast.server import forecasting, metrics, translation
-from seqcast.server.errors import InvalidArgument, ServingError
+from seqcast.server.errors import InvalidArgument, ServingError, shown
 from seqcast.server.models import LoadedModel, ModelRegistry
 from seqcast.server.service import status_of
 from seqcast.server.settings import ServerSettings
@@ -176,16 +176,16 @@ class HttpFrontEnd:
             sources = {m.manifest.source_language for m in pairs if m.manifest.target_language == target}
             if len(sources) != 1:
                 raise InvalidArgument(
-                    f'source "auto" needs exactly one source language for target {target!r}, found {sorted(map(str, sources))}: '
+                    f'source "auto" needs exactly one source language for target {shown(target)}, found {sorted(map(str, sources))}: '
                     f"name the source (available: {available})", "source",
                 )
             source = sources.pop()
         if not any(m.manifest.source_language == source for m in pairs):
-            raise InvalidArgument(f"no model translates from {source!r}; available: {available}", "source")
+            raise InvalidArgument(f"no model translates from {shown(source)}; available: {available}", "source")
         for m in pairs:
             if m.manifest.source_language == source and m.manifest.target_language == target:
                 return m, auto
-        raise InvalidArgument(f"no model translates {source!r} to {target!r}; available: {available}", "target")
+        raise InvalidArgument(f"no model translates {shown(source)} to {shown(target)}; available: {available}", "target")
 
     @_edge("http.translate", "libretranslate")
     async def translate(self, request: web.Request, call: Call) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class HttpFrontEnd:
         if form == "html":
             raise InvalidArgument('format "html" is not supported: send plain text with format "text"', "format")
         if form != "text":
-            raise InvalidArgument(f'format must be "text", got {form!r}', "format")
+            raise InvalidArgument(f'format must be "text", got {shown(form)}', "format")
         model, auto = self._pick(body.get("source"), body.get("target"))
         call.model = model.name
         try:
@@ -234,7 +234,7 @@ class HttpFrontEnd:
             raise InvalidArgument("options.horizon must be an integer: the number of steps to forecast", "options.horizon")
         levels = _chosen_levels(model, options.get("quantiles"))
         try:
-            job = forecasting.prepare(model, [item.values for item in inputs], horizon, self.settings, None)
+            job = await forecasting.prepare(model, [item.values for item in inputs], horizon, self.settings, None)
         except InvalidArgument as e:
             raise _renamed(e, _forecast_field) from None
         results = await forecasting.forecast(job)
@@ -289,22 +289,22 @@ def _inputs(value: object) -> list[SeriesInput]:
             raise InvalidArgument(f"{at} must be an object with name and series", at)
         kind = item.get("type", "univariate_time_series")
         if kind != "univariate_time_series":
-            raise InvalidArgument(f'{at}.type {kind!r} is not supported: only "univariate_time_series"', f"{at}.type")
+            raise InvalidArgument(f'{at}.type {shown(kind)} is not supported: only "univariate_time_series"', f"{at}.type")
         series = item.get("series")
         if not isinstance(series, list) or not all(isinstance(v, Real) and not isinstance(v, bool) for v in series):
             raise InvalidArgument(f"{at}.series must be a list of numbers", f"{at}.series")
         name = item.get("name", str(i))
         if not isinstance(name, str) or name in names:
-            raise InvalidArgument(f"{at}.name must be a string unique in the request, got {name!r}", f"{at}.name")
+            raise InvalidArgument(f"{at}.name must be a string unique in the request, got {shown(name)}", f"{at}.name")
         names.add(name)
         frequency = item.get("frequency")
         if frequency is not None and frequency not in _FREQUENCIES:
-            raise InvalidArgument(f"{at}.frequency {frequency!r} is not one of {', '.join(_FREQUENCIES)}", f"{at}.frequency")
+            raise InvalidArgument(f"{at}.frequency {shown(frequency)} is not one of {', '.join(_FREQUENCIES)}", f"{at}.frequency")
         start = item.get("start_timestamp")
         try:
             parsed = None if start is None else datetime.fromisoformat(start)
         except (TypeError, ValueError):
-            raise InvalidArgument(f"{at}.start_timestamp must be an ISO 8601 time, got {start!r}", f"{at}.start_timestamp") from None
+            raise InvalidArgument(f"{at}.start_timestamp must be an ISO 8601 time, got {shown(start)}", f"{at}.start_timestamp") from None
         items.append(SeriesInput(name, [float(v) for v in series], frequency, parsed))
     return items
 
@@ -322,7 +322,7 @@ def _chosen_levels(model: LoadedModel, requested: object) -> list[tuple[str, int
     for k, level in enumerate(requested):
         if not isinstance(level, Real) or isinstance(level, bool) or float(level) not in columns:
             raise InvalidArgument(
-                f"options.quantiles[{k}] is {level!r}; model {model.name} forecasts the levels {sorted(columns)}",
+                f"options.quantiles[{k}] is {shown(level)}; model {model.name} forecasts the levels {sorted(columns)}",
                 f"options.quantiles[{k}]",
             )
         chosen.append((f"{float(level):g}", columns[float(level)]))

@@ -50,7 +50,7 @@ import numpy as np
 from seqcast.inference import grpc_service_pb2 as pb
 from seqcast.inference import grpc_service_pb2_grpc as pb_grpc
 from seqcast.server import forecasting, metrics, translation
-from seqcast.server.errors import InvalidArgument, ModelNotFound, ServingError
+from seqcast.server.errors import InvalidArgument, ModelNotFound, ServingError, shown
 from seqcast.server.models import LoadedModel, ModelRegistry
 from seqcast.server.service import abort, status_of
 from seqcast.server.settings import ServerSettings
@@ -123,12 +123,12 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
         if name in tensors:
-            raise InvalidArgument(f"input tensor {name} appears twice", name)
+            raise InvalidArgument(f"input tensor {shown(name)} appears twice", name)
         if tensor.datatype not in _DATATYPES:
-            raise InvalidArgument(f"input tensor {name} has unknown datatype {tensor.datatype!r}; known: {', '.join(_DATATYPES)}", name)
+            raise InvalidArgument(f"input tensor {shown(name)} has unknown datatype {shown(tensor.datatype)}; known: {', '.join(_DATATYPES)}", name)
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
-            raise InvalidArgument(f"input tensor {name} has shape {list(shape)}: every dimension must be 0 or more", name)
+            raise InvalidArgument(f"input tensor {shown(name)} has shape {list(shape)}: every dimension must be 0 or more", name)
         dtype, field = _DATATYPES[tensor.datatype]
         if raw:
             values = _bytes_elements(name, raw[i]) if tensor.datatype == "BYTES" else _raw_elements(name, raw[i], dtype)
@@ -136,7 +136,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
             values = np.array(list(getattr(tensor.contents, field)), dtype=dtype)
         if len(values) != prod(shape):
             raise InvalidArgument(
-                f"input tensor {name} has shape {list(shape)}, which holds {prod(shape)} elements, but {len(values)} were sent", name
+                f"input tensor {shown(name)} has shape {list(shape)}, which holds {prod(shape)} elements, but {len(values)} were sent", name
             )
         tensors[name] = Tensor(tensor.datatype, values.reshape(shape))
     return tensors
@@ -144,7 +144,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
 
 def _raw_elements(name: str, data: bytes, dtype: np.dtype) -> np.ndarray:
     if len(data) % dtype.itemsize:
-        raise InvalidArgument(f"input tensor {name}: {len(data)} raw bytes are not a whole number of {dtype.itemsize}-byte elements", name)
+        raise InvalidArgument(f"input tensor {shown(name)}: {len(data)} raw bytes are not a whole number of {dtype.itemsize}-byte elements", name)
     return np.frombuffer(data, dtype=dtype)
 
 
@@ -153,11 +153,11 @@ def _bytes_elements(name: str, data: bytes) -> np.ndarray:
     elements, offset = [], 0
     while offset < len(data):
         if offset + 4 > len(data):
-            raise InvalidArgument(f"input tensor {name}: raw BYTES contents end inside an element's length", name)
+            raise InvalidArgument(f"input tensor {shown(name)}: raw BYTES contents end inside an element's length", name)
         (length,) = struct.unpack_from("<I", data, offset)
         offset += 4
         if offset + length > len(data):
-            raise InvalidArgument(f"input tensor {name}: raw BYTES element {len(elements)} runs past the end of the contents", name)
+            raise InvalidArgument(f"input tensor {shown(name)}: raw BYTES element {len(elements)} runs past the end of the contents", name)
         elements.append(data[offset : offset + length])
         offset += length
     array = np.empty(len(elements), dtype=object)
@@ -180,7 +180,7 @@ def parameters(request: pb.ModelInferRequest, known: dict[str, type], kind: str)
         if name in _TRITON_PARAMETERS:
             continue
         if name not in known:
-            raise InvalidArgument(f"unknown parameter {name!r}: {kind} models take {', '.join(known)}", name)
+            raise InvalidArgument(f"unknown parameter {shown(name)}: {kind} models take {', '.join(known)}", name)
         choice = parameter.WhichOneof("parameter_choice")
         if choice in ("int64_param", "uint64_param"):
             values[name] = getattr(parameter, choice)
@@ -209,7 +209,7 @@ def _strategy(values: dict[str, int | float]) -> Strategy:
 def _only(tensors: dict[str, Tensor], allowed: tuple[str, ...], kind: str) -> None:
     unknown = sorted(set(tensors) - set(allowed))
     if unknown:
-        raise InvalidArgument(f"unknown input tensor {unknown[0]}: {kind} models take {', '.join(allowed)}", unknown[0])
+        raise InvalidArgument(f"unknown input tensor {shown(unknown[0])}: {kind} models take {', '.join(allowed)}", unknown[0])
 
 
 def _required(tensors: dict[str, Tensor], name: str, datatypes: tuple[str, ...], kind: str) -> Tensor:
@@ -266,7 +266,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
         self.registry = registry
         self.settings = settings
-        self.ready = False  # set by RunningServer.set_health
+        self.ready = False  # set by RunningServer.sync_health
         try:
             self.version = package_metadata.version("seqcast")
         except package_metadata.PackageNotFoundError:
@@ -428,7 +428,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         _check_outputs(request, ["point", "quantiles", "context_used"])
         if "horizon" not in values:
             raise InvalidArgument("parameter horizon is missing: the number of steps to forecast (an int64 parameter)", "horizon")
-        job = forecasting.prepare(model, forecast_series(tensors), int(values["horizon"]), self.settings, time_remaining)
+        job = await forecasting.prepare(model, forecast_series(tensors), int(values["horizon"]), self.settings, time_remaining)
         results = await forecasting.forecast(job)
         spec = model.manifest.forecast
         assert spec is not None
@@ -450,9 +450,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument("model_name is empty: name the model to use (tritonclient's model_name)", "model_name")
         model = self.registry.models.get(name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {sorted(self.registry.models) or 'none'}")
+            raise ModelNotFound(f"model {shown(name)} is not loaded; loaded models: {sorted(self.registry.models) or 'none'}")
         if version and version != model.manifest.version:
-            raise ModelNotFound(f"model {name!r} version {version} is not loaded; it serves version {model.manifest.version}")
+            raise ModelNotFound(f"model {shown(name)} version {shown(version)} is not loaded; it serves version {model.manifest.version}")
         return model
 
     def _label(self, name: str) -> str:
@@ -471,7 +471,7 @@ def _levels(model: LoadedModel) -> list[tuple[int, float]]:
 def _check_outputs(request: pb.ModelInferRequest, names: list[str]) -> None:
     for output in request.outputs:
         if output.name not in names:
-            raise InvalidArgument(f"unknown output tensor {output.name}: this model returns {', '.join(names)}", output.name)
+            raise InvalidArgument(f"unknown output tensor {shown(output.name)}: this model returns {', '.join(names)}", output.name)
 
 
 def _translation_outputs(rows: list[tuple[str, Finish | None, int, int]], shape: tuple[int, ...]) -> list[Output]:

@@ -1,23 +1,31 @@
-"""Loading bundles: discovery, checksum and graph checks, one scheduler per model.
+"""Loading bundles and the registry of served models: every read checked, one scheduler per model.
 
-Every `models/<name>/<version>/` under the model directory is a candidate; the highest version
-of each name is loaded. A bundle that fails any check (unreadable manifest, missing file,
-checksum mismatch, graphs that differ from the manifest) is refused with one log line naming
-the reason, and the others keep loading and serving.
+Builds on `seqcast.server.repository` (which folders are versions, highest first). Per model
+name the highest version that passes every check serves: a manifest that can be read, is UTF-8
+JSON, has a `format_version` this server reads, validates, and names the model and version of
+its folders; every file present, readable and matching its sha256; a tokenizer that parses or a
+scaling this server applies; graphs that match the manifest. A bundle that fails a check is
+refused with one log line naming the file and the reason, the next version down is tried, and
+the other models load and serve. Nothing a bundle holds stops the server from starting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import ValidationError
 
-from seqcast.server.errors import InvalidArgument, ModelNotFound
-from seqcast.server.manifest import MANIFEST_FILE, Manifest
+from seqcast.server import metrics
+from seqcast.server.errors import InvalidArgument, ModelNotFound, shown
+from seqcast.server.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
+from seqcast.server.repository import Fingerprint, ModelFolder, Repository, fingerprint, reason
 from seqcast.server.runtime import BundleMismatch, OnnxModel, RuntimeOptions
 from seqcast.server.scaling import MeanAbsScaler
 from seqcast.server.scheduler import Scheduler, SchedulerLimits
@@ -29,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class BundleRefused(Exception):
-    """A bundle that must not be served; the message says why."""
+    """A bundle that must not be served; the message names the file at fault and says why."""
 
 
 def sha256(path: Path) -> str:
@@ -41,36 +49,52 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version_key(path: Path) -> tuple[int, int | str]:
-    return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
-
-
-def discover(model_dir: Path) -> list[Path]:
-    """The newest version directory of every model name under model_dir."""
-    found = []
-    for name_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = [v for v in name_dir.iterdir() if v.is_dir() and not v.name.startswith(".")]
-        if versions:
-            found.append(max(versions, key=_version_key))
-    return found
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """The bundle's manifest; raises BundleRefused when it can't be read, isn't UTF-8 JSON, has a
+    format_version this server does not read, or isn't a valid manifest."""
+    try:
+        data = (bundle_dir / MANIFEST_FILE).read_bytes()
+    except FileNotFoundError:
+        raise BundleRefused(f"no {MANIFEST_FILE}") from None
+    except OSError as e:
+        raise BundleRefused(f"cannot read {MANIFEST_FILE}: {reason(e)}") from None
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BundleRefused(f"{MANIFEST_FILE} is not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise BundleRefused(f"{MANIFEST_FILE} is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise BundleRefused(f"{MANIFEST_FILE} nests too deeply to read") from None
+    if not isinstance(raw, dict):
+        raise BundleRefused(f"{MANIFEST_FILE} is not a JSON object")
+    found = raw.get("format_version", FORMAT_VERSION)
+    if found != FORMAT_VERSION:
+        raise BundleRefused(f"{MANIFEST_FILE} has format_version {json.dumps(found)[:20]}; this server reads {FORMAT_VERSION}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise BundleRefused(f"{MANIFEST_FILE} is not a valid manifest: {e.error_count()} problems, first: {where}: {first['msg']}") from None
 
 
 def verify_bundle(bundle_dir: Path) -> Manifest:
     """Reads the manifest and checks every file's sha256; raises BundleRefused on any problem."""
-    try:
-        manifest = Manifest.read(bundle_dir)
-    except FileNotFoundError:
-        raise BundleRefused(f"no {MANIFEST_FILE}") from None
-    except ValidationError as e:
-        raise BundleRefused(f"{MANIFEST_FILE} is not a valid manifest: {e.error_count()} problems, first: {e.errors()[0]['msg']}") from None
+    manifest = read_manifest(bundle_dir)
     needed = {manifest.encoder.file, manifest.decoder.file} | {f for f in (manifest.tokenizer, manifest.target_tokenizer) if f}
     if missing := needed - set(manifest.files):
-        raise BundleRefused(f"manifest lists no checksum for {sorted(missing)}")
+        raise BundleRefused(f"{MANIFEST_FILE} lists no checksum for {sorted(missing)}")
     for name, expected in manifest.files.items():
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise BundleRefused(f"{MANIFEST_FILE} names {name[:80]!r}: bundle files are plain names inside the bundle")
         path = bundle_dir / name
-        if not path.is_file():
-            raise BundleRefused(f"file {name} is missing")
-        actual = sha256(path)
+        try:
+            actual = sha256(path)
+        except FileNotFoundError:
+            raise BundleRefused(f"file {name} is missing") from None
+        except OSError as e:
+            raise BundleRefused(f"cannot read {name}: {reason(e)}") from None
         if actual != expected:
             raise BundleRefused(f"checksum mismatch for {name}: manifest {expected[:12]}..., file {actual[:12]}...")
     return manifest
@@ -95,42 +119,92 @@ class LoadedModel:
         return self.manifest.name
 
 
-def load_model(bundle_dir: Path, options: RuntimeOptions) -> LoadedModel:
+def _codec(bundle_dir: Path, manifest: Manifest) -> TextCodec:
+    assert manifest.tokenizer is not None and manifest.special_tokens is not None
+    target = bundle_dir / manifest.target_tokenizer if manifest.target_tokenizer else None
+    try:
+        return TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos, target)
+    except Exception as e:  # tokenizers raises a bare Exception for a file it can't parse
+        names = " or ".join(f for f in (manifest.tokenizer, manifest.target_tokenizer) if f)
+        raise BundleRefused(f"{names} does not parse as a tokenizers file: {str(e)[:200]}") from None
+
+
+def _scaler(manifest: Manifest) -> MeanAbsScaler:
+    assert manifest.forecast is not None
+    try:
+        return MeanAbsScaler.from_manifest(manifest.forecast.scaling)
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleRefused(f"{MANIFEST_FILE} forecast.scaling is not one this server applies: {str(e)[:200]}") from None
+
+
+def load_model(bundle_dir: Path, options: RuntimeOptions, *, name: str | None = None, version: str | None = None) -> LoadedModel:
+    """Verifies and loads one bundle; raises BundleRefused naming the file at fault. `name` and
+    `version`, when given (the repository's folder names), must be the manifest's."""
     manifest = verify_bundle(bundle_dir)
+    if name is not None and manifest.name != name:
+        raise BundleRefused(f"{MANIFEST_FILE} names model {manifest.name[:80]!r} but its folder is {name!r}")
+    if version is not None and manifest.version != version:
+        raise BundleRefused(f"{MANIFEST_FILE} says version {manifest.version[:20]!r} but its folder is {version!r}")
+    # The cheap checks first: the tokenizer or scaler before the ONNX Runtime sessions.
+    codec = _codec(bundle_dir, manifest) if manifest.forecast is None else None
+    scaler = _scaler(manifest) if manifest.forecast is not None else None
     try:
         runtime = OnnxModel.from_manifest(bundle_dir, manifest, options)
     except BundleMismatch as e:
         raise BundleRefused(str(e)) from None
     except Exception as e:  # ONNX Runtime's own load errors (corrupt graph, unsupported op)
         raise BundleRefused(f"ONNX Runtime could not load it: {e}") from None
-    if manifest.forecast is not None:
-        return LoadedModel(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
-    target = bundle_dir / manifest.target_tokenizer if manifest.target_tokenizer else None
-    codec = TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos, target)
-    return LoadedModel(bundle_dir, manifest, runtime, codec, None)
+    return LoadedModel(bundle_dir, manifest, runtime, codec, scaler)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a scan decided for one model name: serve `model` (None: stop serving the name)."""
+
+    name: str
+    model: LoadedModel | None
+    fingerprint: Fingerprint | None = None
+
+
+_UNSEEN = object()
 
 
 class ModelRegistry:
+    """The models being served, by name, and how they change.
+
+    `refresh` rescans the repository: per name, the highest version that loads serves; a version
+    that was refused is tried again only once its files change. Loading happens off the event loop
+    (`plan`); publishing (`apply`) swaps the dict entry on the event loop, so new requests go to the
+    new version at once. The replaced (or removed) version keeps accepting for `retire_grace_s`, for
+    handlers that looked it up just before the swap, then its scheduler finishes every request it
+    accepted, running and queued, and stops, on a thread of its own.
+    """
+
+    # How long a replaced or removed version still accepts requests before it drains: longer than
+    # any handler takes between looking a model up and submitting to it (well under a second,
+    # even for a 64 MiB request), short enough to free the old version's memory soon.
+    retire_grace_s = 2.0
+
     def __init__(
         self,
-        models: list[LoadedModel],
+        model_dir: Path,
+        options: RuntimeOptions,
         default_model: str = "",
         default_forecast_model: str = "",
         limits: SchedulerLimits | None = None,
     ) -> None:
-        self.models = {m.name: m for m in models}
-        for model in models:
-            model.scheduler = Scheduler(model.name, model.runtime, limits or SchedulerLimits.defaults())
-        self.defaults = {
-            "translation": self._default("translation", default_model, "en-de"),
-            "forecast": self._default("forecast", default_forecast_model, "tourism"),
-        }
-
-    def _default(self, task: Task, chosen: str, preferred: str) -> str:
-        names = sorted(n for n, m in self.models.items() if m.manifest.task == task)
-        if chosen and chosen not in names:
-            raise ValueError(f"default {task} model {chosen!r} is not loaded (loaded {task} models: {names})")
-        return chosen or (preferred if preferred in names else (names or [""])[0])
+        self.repository = Repository(model_dir)
+        self.options = options
+        self.limits = limits or SchedulerLimits.defaults()
+        self.models: dict[str, LoadedModel] = {}
+        # Every model folder name seen by the last scan, serving or not (health reports each).
+        self.known: set[str] = set()
+        self._chosen: dict[Task, str] = {"translation": default_model, "forecast": default_forecast_model}
+        # Version folders refused, by the fingerprint they had then; serving ones by theirs.
+        self._refused: dict[Path, object] = {}
+        self._fingerprints: dict[str, Fingerprint | None] = {}
+        self._retiring: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     @classmethod
     def load(
@@ -141,21 +215,28 @@ class ModelRegistry:
         default_forecast_model: str = "",
         limits: SchedulerLimits | None = None,
     ) -> "ModelRegistry":
-        loaded = []
-        for bundle_dir in discover(model_dir):
-            try:
-                model = load_model(bundle_dir, options)
-            except BundleRefused as e:
-                log.error("refusing bundle %s: %s", bundle_dir, e)
-                continue
-            log.info(
-                "loaded %s version %s (%s, %s) on %s",
-                model.name, model.manifest.version, model.manifest.task, model.manifest.architecture, model.runtime.provider,
-            )
-            loaded.append(model)
-        if not loaded:
+        """The registry of every servable bundle under model_dir, loaded now (at start-up)."""
+        registry = cls(model_dir, options, default_model, default_forecast_model, limits)
+        registry.apply(registry.plan())
+        if not registry.models:
             log.warning("no servable bundle under %s", model_dir)
-        return cls(loaded, default_model, default_forecast_model, limits)
+        for task, chosen in registry._chosen.items():
+            if chosen and chosen not in registry.models:
+                if chosen not in registry.known:
+                    raise ValueError(f"default {task} model {chosen!r} has no folder under {model_dir} (models: {sorted(registry.known)})")
+                log.error("default %s model %s is not served (see above); requests that name no model get NOT_FOUND", task, chosen)
+        return registry
+
+    @property
+    def defaults(self) -> dict[Task, str]:
+        """The model of each task that requests naming none get (possibly one not served now)."""
+        return {"translation": self._default("translation", "en-de"), "forecast": self._default("forecast", "tourism")}
+
+    def _default(self, task: Task, preferred: str) -> str:
+        if chosen := self._chosen[task]:
+            return chosen
+        names = sorted(n for n, m in self.models.items() if m.manifest.task == task)
+        return preferred if preferred in names else (names or [""])[0]
 
     def get(self, name: str, task: Task) -> LoadedModel:
         """The model called `name` (empty: the default model of `task`), which must serve `task`."""
@@ -164,14 +245,104 @@ class ModelRegistry:
             model = self.models[name]
         except KeyError:
             loaded = sorted(n for n, m in self.models.items() if m.manifest.task == task)
-            raise ModelNotFound(f"{task} model {name!r} is not loaded; loaded {task} models: {loaded or 'none'}") from None
+            raise ModelNotFound(f"{task} model {shown(name)} is not loaded; loaded {task} models: {loaded or 'none'}") from None
         if model.manifest.task != task:
             other = "Forecasting.Forecast" if model.manifest.task == "forecast" else "Translation.Translate"
             raise InvalidArgument(f"model {name!r} is a {model.manifest.task} model: call {other} with it, or name a {task} model", "model")
         return model
 
+    # --- scanning and loading (off the event loop) ---------------------------------------------
+
+    def plan(self) -> list[Change]:
+        """Scans the repository and loads what changed; publishes nothing (see `apply`)."""
+        folders = self.repository.scan()
+        self.known = {f.name for f in folders} | set(self.models)
+        changes = [c for folder in folders if (c := self._plan_model(folder)) is not None]
+        present = {f.name for f in folders}
+        changes += [Change(name, None) for name in self.models if name not in present]
+        paths = {v for f in folders for v in f.versions} | {f.path for f in folders}
+        self._refused = {path: state for path, state in self._refused.items() if path in paths}
+        return changes
+
+    def _plan_model(self, folder: ModelFolder) -> Change | None:
+        current = self.models.get(folder.name)
+        if folder.error is not None:
+            self._refuse(folder.path, folder.error, folder.error)
+        for version in folder.versions:
+            fp = fingerprint(version)
+            if current is not None and version == current.path and fp == self._fingerprints.get(folder.name):
+                return None  # the serving version is still the best one
+            if self._refused.get(version, _UNSEEN) == fp:
+                continue  # refused before and unchanged since
+            try:
+                model = load_model(version, self.options, name=folder.name, version=version.name)
+            except BundleRefused as e:
+                self._refuse(version, str(e), fp)
+                continue
+            except Exception as e:  # a bug, or an error this loader does not know yet: refuse, go on
+                self._refuse(version, f"unexpected {type(e).__name__}: {str(e)[:200]}", fp)
+                continue
+            self._refused.pop(version, None)
+            return Change(folder.name, model, fp)
+        if current is not None:
+            return Change(folder.name, None)
+        if not folder.versions and folder.error is None:
+            self._refuse(folder.path, "no version folder (1, 2, ...) in it", ())
+        return None
+
+    def _refuse(self, path: Path, why: str, state: object) -> None:
+        """Logs one line per refusal, once while the folder stays as it was."""
+        if self._refused.get(path, _UNSEEN) != state:
+            log.error("refusing bundle %s: %s", path, why)
+            self._refused[path] = state
+
+    # --- publishing (on the event loop) --------------------------------------------------------
+
+    def apply(self, changes: list[Change]) -> None:
+        """Publishes the planned changes; a replaced or removed model drains, then stops."""
+        for change in changes:
+            old = self.models.get(change.name)
+            if change.model is not None:
+                model, m = change.model, change.model.manifest
+                model.scheduler = Scheduler(model.name, model.runtime, self.limits)
+                self.models[change.name] = model  # a replaced model keeps its place in listings
+                self._fingerprints[change.name] = change.fingerprint
+                replacing = "" if old is None else f", replacing version {old.manifest.version}"
+                log.info("serving %s version %s (%s, %s) on %s%s", model.name, m.version, m.task, m.architecture,
+                         model.runtime.provider, replacing)
+                metrics.set_model_info(model.name, m.version, m.task, m.architecture, model.runtime.provider)
+            else:
+                self.models.pop(change.name, None)
+                self._fingerprints.pop(change.name, None)
+                if old is not None:
+                    log.warning("%s no longer serves: no loadable version is left under %s", change.name, old.path.parent)
+                    metrics.forget_model(change.name)
+            if old is not None:
+                self._retire(old)
+
+    def _retire(self, model: LoadedModel) -> None:
+        def drain() -> None:
+            # A handler that looked the model up just before the swap may still be preparing its
+            # work off the event loop: the old version keeps accepting for a moment (cut short
+            # when the server stops), then finishes what it accepted and stops.
+            self._stopping.wait(self.retire_grace_s)
+            if model.scheduler is not None:
+                model.scheduler.close()
+            log.info("unloaded %s version %s: its requests finished", model.name, model.manifest.version)
+
+        thread = threading.Thread(target=drain, name=f"retire-{model.name}", daemon=True)
+        thread.start()
+        self._retiring = [t for t in self._retiring if t.is_alive()] + [thread]
+
+    async def refresh(self) -> None:
+        """Rescans, loading on a worker thread; publishes on the caller's event loop."""
+        self.apply(await asyncio.to_thread(self.plan))
+
     def close(self) -> None:
         """Stops every model's scheduler once its running and queued requests are done."""
+        self._stopping.set()
         for model in self.models.values():
             if model.scheduler is not None:
                 model.scheduler.close()
+        for thread in self._retiring:
+            thread.join()

@@ -24,7 +24,7 @@ import grpc
 
 from seqcast.server import errors, forecasting, metrics, translation
 from seqcast.server.manifest import ForecastSpec
-from seqcast.server.models import ModelRegistry, Task
+from seqcast.server.models import LoadedModel, ModelRegistry, Task
 from seqcast.server.settings import ServerSettings
 from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 from seqcast.v1 import seqcast_pb2 as pb
@@ -212,25 +212,31 @@ class ForecastingServicer(_Servicer, pb_grpc.ForecastingServicer):
     async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext) -> pb.ForecastResponse:
         model = self.registry.get(request.model, "forecast")
         series = [s.values for s in request.series]
-        job = forecasting.prepare(model, series, request.horizon, self.settings, context.time_remaining())
+        job = await forecasting.prepare(model, series, request.horizon, self.settings, context.time_remaining())
         results = await forecasting.forecast(job)
-        spec = model.manifest.forecast
-        assert spec is not None
-        point = spec.columns.index(spec.point)
-        levels = [(i, float(c)) for i, c in enumerate(spec.columns) if c != "mean"]
-        return pb.ForecastResponse(
-            model=model.name,
-            model_version=model.manifest.version,
-            point="mean" if spec.point == "mean" else "median",
-            forecasts=[
-                pb.SeriesForecast(
-                    point=r.columns[:, point].tolist(),
-                    quantiles=[pb.QuantileForecast(level=q, values=r.columns[:, i].tolist()) for i, q in levels],
-                    context_used=r.context_used,
-                )
-                for r in results
-            ],
-        )
+        # Thousands of series make a reply of millions of values: built on a worker thread, so
+        # the event loop goes on serving meanwhile.
+        return await asyncio.to_thread(_forecast_response, model, results)
+
+
+def _forecast_response(model: LoadedModel, results: list[forecasting.SeriesForecast]) -> pb.ForecastResponse:
+    spec = model.manifest.forecast
+    assert spec is not None
+    point = spec.columns.index(spec.point)
+    levels = [(i, float(c)) for i, c in enumerate(spec.columns) if c != "mean"]
+    return pb.ForecastResponse(
+        model=model.name,
+        model_version=model.manifest.version,
+        point="mean" if spec.point == "mean" else "median",
+        forecasts=[
+            pb.SeriesForecast(
+                point=r.columns[:, point].tolist(),
+                quantiles=[pb.QuantileForecast(level=q, values=r.columns[:, i].tolist()) for i, q in levels],
+                context_used=r.context_used,
+            )
+            for r in results
+        ],
+    )
 
 
 class ModelsServicer(pb_grpc.ModelsServicer):

@@ -8,6 +8,7 @@ the fields into command-line flags, so a new setting is a flag without more code
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -60,7 +61,17 @@ class ServerSettings(BaseSettings):
     )
 
     # Bundles.
-    model_dir: Path = Field(Path("models"), description="bundle root: every models/<name>/<version>/ below it, the highest version per name")
+    model_dir: Path = Field(
+        Path("models"), description="bundle root: every <name>/<version>/ below it; per name the highest version that loads serves"
+    )
+    # Live model updates (as TF Serving's file-system polling and Triton's poll mode). A scan
+    # lists folders and stats a few files per version, so 10 s costs nothing measurable and puts
+    # a new version in service within seconds of its folder appearing.
+    model_poll_seconds: float = Field(
+        10.0, ge=0,
+        description="rescan model_dir this often: load new versions beside the old (traffic moves when ready), "
+        "drain and unload replaced or removed ones; 0: load once at start-up",
+    )
     default_model: str = Field(
         "", description="translation model for requests that name none; empty: en-de if loaded, else the first by name"
     )
@@ -121,6 +132,8 @@ class ServerSettings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} is not a file")
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            _check_key_pair(self.tls_cert_file, self.tls_key_file)
         return self
 
     @classmethod
@@ -141,6 +154,20 @@ class ServerSettings(BaseSettings):
                 raise ValueError(f"config file {config} does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
+
+
+def _check_key_pair(cert_file: Path, key_file: Path) -> None:
+    """Raises ValueError naming both files unless the key is the certificate's (gRPC itself only
+    says "Failed to bind to address")."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback that gives none: an encrypted key fails here instead of prompting.
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(
+            f"tls_key_file {key_file} and tls_cert_file {cert_file} are not a usable pair "
+            f"(the key must be the certificate's, both PEM, the key unencrypted): {e.strerror or e}"
+        ) from None
 
 
 def _flag_type(annotation: object) -> tuple[type | None, list[str] | None]:

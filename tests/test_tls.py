@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +128,18 @@ def test_tls_settings_must_be_complete(pki: dict, tmp_path: Path) -> None:
         ServerSettings(model_dir=MODELS, tls_client_ca_file=pki["ca"].cert)
     with pytest.raises(ValidationError, match="is not a file"):
         ServerSettings(model_dir=MODELS, tls_cert_file=tmp_path / "missing.crt", tls_key_file=server.key)
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_naming_both_files_before_any_model_loads(pki: dict) -> None:
+    server, client = pki["server"], pki["client"]
+    with pytest.raises(ValidationError, match="are not a usable pair") as err:
+        ServerSettings(model_dir=MODELS, tls_cert_file=server.cert, tls_key_file=client.key)
+    assert str(server.cert) in str(err.value) and str(client.key) in str(err.value)
+    out = subprocess.run(
+        [Path(sys.executable).with_name("seqcast"), "serve", "--model-dir", str(MODELS), "--port", "0", "--metrics-port", "0",
+         "--tls-cert-file", str(server.cert), "--tls-key-file", str(client.key)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert f"tls_key_file {client.key} and tls_cert_file {server.cert} are not a usable pair" in out.stderr
+    assert "serving" not in out.stderr  # no model was loaded first

@@ -238,6 +238,9 @@ def test_probes_and_ports_match_the_settings(overlay: Rendered) -> None:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         # Native gRPC probes, on the plaintext health listener (they cannot speak TLS).
         assert overlay.container[probe]["grpc"]["port"] == config["health_port"], probe
+    # Ready while a model serves; alive while the process answers, models or not.
+    assert "service" not in overlay.container["readinessProbe"]["grpc"]
+    assert overlay.container["livenessProbe"]["grpc"]["service"] == "seqcast.v1.Models"
 
 
 def test_servicemonitor_scrapes_the_metrics_port_of_service_seqcast_only(overlay: Rendered) -> None:
