@@ -1,6 +1,7 @@
 """seqcast's Python client: `SeqcastClient` and the records it returns. `seqcast-client` is `cli`."""
 
 from seqcast.client.client import (
+    Alignments,
     BeamSearch,
     ForecastInfo,
     ForecastResult,
@@ -15,6 +16,6 @@ from seqcast.client.client import (
 )
 
 __all__ = [
-    "BeamSearch", "ForecastInfo", "ForecastResult", "ModelInfo", "Sampling", "SeqcastClient", "SeqcastError", "SeriesForecast", "Tls",
+    "Alignments", "BeamSearch", "ForecastInfo", "ForecastResult", "ModelInfo", "Sampling", "SeqcastClient", "SeqcastError", "SeriesForecast", "Tls",
     "Translation", "TranslationChunk",
 ]

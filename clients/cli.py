@@ -20,15 +20,17 @@ import grpc
 
 from seqcast.client.client import (
     DEFAULT_TARGET,
+    Alignments,
     ForecastResult,
     SeqcastClient,
     SeqcastError,
     SeriesForecast,
     Tls,
+    Translation,
     TranslationChunk,
 )
 from seqcast.client.loadgen import DEFAULT_TEXTS, LoadSummary, Progress, run_load
-from seqcast.client.plot import MatplotlibMissingError, plot_forecasts, require_matplotlib
+from seqcast.client.plot import MatplotlibMissingError, plot_alignments, plot_forecasts, require_matplotlib
 from seqcast.client.series_csv import NamedSeries, read_series_csv
 
 
@@ -58,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print a JSON list of results (with --stream: one JSON object per chunk and line)",
+    )
+    translate.add_argument(
+        "--alignments", action="store_true",
+        help="also print each text's word alignments: a table of output tokens (rows) by source tokens "
+        "(columns), weights in percent (with --json: in the JSON)",
+    )
+    translate.add_argument(
+        "--plot-alignments", type=Path, metavar="FILE", help="also draw the alignments as heatmaps into this PNG"
     )
     translate.add_argument("texts", nargs="+", metavar="TEXT", help="texts; '-' reads one per line from stdin")
 
@@ -151,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _translate(client: SeqcastClient, args: argparse.Namespace) -> int:
+    problem = _alignments_usage_problem(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     options = dict(model=args.model, max_new_tokens=args.max_new_tokens, timeout=args.timeout,
-                   min_new_tokens=args.min_new_tokens)
+                   min_new_tokens=args.min_new_tokens, alignments=args.alignments or args.plot_alignments is not None)
     if args.stream:
         chunks = client.translate_stream(args.texts, **options)
         if args.json:
             for chunk in chunks:
-                print(json.dumps(asdict(chunk), ensure_ascii=False), flush=True)
+                print(json.dumps(_as_json(chunk), ensure_ascii=False), flush=True)
             return 0
         printed = _print_in_order(chunks, sys.stdout)
         if printed < len(args.texts):
@@ -166,10 +180,58 @@ def _translate(client: SeqcastClient, args: argparse.Namespace) -> int:
         return 0
     results = client.translate(args.texts, **options)
     if args.json:
-        print(json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=2))
+        print(json.dumps([_as_json(r) for r in results], ensure_ascii=False, indent=2))
     else:
         for result in results:
             print(result.text)
+            if args.alignments and result.alignments is not None:
+                print(format_alignments(result.alignments))  # and a blank line
+    if args.plot_alignments is not None:
+        return _plot_alignments(args.texts, results, args.plot_alignments)
+    return 0
+
+
+def _as_json(record: Translation | TranslationChunk) -> dict[str, Any]:
+    """A result or chunk as JSON, its `alignments` left out unless they were asked for."""
+    fields = asdict(record)
+    if fields["alignments"] is None:
+        del fields["alignments"]
+    return fields
+
+
+def _alignments_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the alignment flags, checked before the server is called."""
+    if args.stream and (args.plot_alignments is not None or (args.alignments and not args.json)):
+        return "--alignments prints and --plot-alignments draws whole texts: leave out --stream (or, for --alignments, add --json)"
+    if args.plot_alignments is not None:
+        try:
+            require_matplotlib()
+        except MatplotlibMissingError as e:
+            return f"--plot-alignments: {e}"
+        if not args.plot_alignments.parent.is_dir():
+            return f"--plot-alignments: directory {args.plot_alignments.parent} does not exist"
+    return None
+
+
+def format_alignments(alignments: Alignments) -> str:
+    """A table of the output tokens (rows) by the source tokens (columns), weights in whole
+    percent; each row's largest weight is marked with *."""
+    header = ["", *alignments.source_tokens]
+    rows = []
+    for token, weights in zip(alignments.target_tokens, alignments.weights):
+        top = max(range(len(weights)), key=weights.__getitem__, default=-1)
+        rows.append([token, *(f"{round(100 * w)}{'*' if i == top else ' '}" for i, w in enumerate(weights))])
+    lines = _table(header, rows, right_aligned=range(1, len(header)))
+    return "".join("  " + line + "\n" for line in lines)
+
+
+def _plot_alignments(texts: Sequence[str], results: Sequence[Translation], path: Path) -> int:
+    try:
+        plot_alignments(texts, results, path)
+    except (OSError, ValueError) as e:  # e.g. a read-only directory or an unknown image suffix
+        print(f"error: cannot write the plot to {path}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote the alignments plot to {path}", file=sys.stderr)
     return 0
 
 

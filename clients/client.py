@@ -65,6 +65,17 @@ class SeqcastError(Exception):
 
 
 @dataclass(frozen=True)
+class Alignments:
+    """Word alignments of a text: for each output token, how much it attended to each source token
+    (one cross-attention layer of the model's decoder, averaged over heads)."""
+
+    # Tokenizer pieces of the source, end-of-sequence included; in a stream only on an index's first chunk.
+    source_tokens: list[str]
+    target_tokens: list[str]  # one per output token
+    weights: list[list[float]]  # one row per target token, one weight per source token; a row sums to 1
+
+
+@dataclass(frozen=True)
 class Translation:
     """The translation of one request text."""
 
@@ -72,17 +83,20 @@ class Translation:
     finish_reason: str  # "eos" or "length"
     input_tokens: int
     output_tokens: int
+    alignments: Alignments | None = None  # set when asked for
 
 
 @dataclass(frozen=True)
 class TranslationChunk:
-    """A piece of one text's translation; joining the pieces of an index gives `Translation.text`."""
+    """A piece of one text's translation; joining the pieces of an index gives `Translation.text`
+    (and joining their alignment rows gives `Translation.alignments`' rows)."""
 
     index: int  # position of the text in the request
     text: str
     finish_reason: str | None  # set on the last chunk of an index, None before
     input_tokens: int
     output_tokens: int
+    alignments: Alignments | None = None  # the rows of this chunk's tokens, when asked for
 
 
 @dataclass(frozen=True)
@@ -247,20 +261,24 @@ class SeqcastClient:
         timeout: float | None = None,
         decoding: BeamSearch | Sampling | None = None,
         min_new_tokens: int | None = None,
+        alignments: bool = False,
     ) -> list[Translation]:
         """Translates `texts` (one string or several) and returns one result per text, in order.
 
         `model` empty means the server's default; `max_new_tokens` None means the model's maximum;
         `timeout` is the call's deadline in seconds; `decoding` None means greedy;
-        `min_new_tokens` holds back end-of-sequence until that many tokens were generated.
+        `min_new_tokens` holds back end-of-sequence until that many tokens were generated;
+        `alignments` returns each text's word alignments too (FAILED_PRECONDITION from a model
+        without them).
         """
-        request = _request(texts, model, max_new_tokens, decoding, min_new_tokens)
+        request = _request(texts, model, max_new_tokens, decoding, min_new_tokens, alignments)
         try:
             response = self._translation.Translate(request, timeout=timeout)
         except grpc.RpcError as e:
             raise SeqcastError.from_rpc_error(e) from None
         return [
-            Translation(r.text, _finish_reason(r.finish_reason), r.input_tokens, r.output_tokens)
+            Translation(r.text, _finish_reason(r.finish_reason), r.input_tokens, r.output_tokens,
+                        _alignments(r.alignments) if r.HasField("alignments") else None)
             for r in response.results
         ]
 
@@ -272,14 +290,15 @@ class SeqcastClient:
         timeout: float | None = None,
         decoding: BeamSearch | Sampling | None = None,
         min_new_tokens: int | None = None,
+        alignments: bool = False,
     ) -> Iterator[TranslationChunk]:
         """Like `translate`, but yields pieces as they are decoded.
 
         Pieces of one index arrive in order; pieces of different indices may interleave.
         Closing the iterator early cancels the call. With beam search a text's tokens arrive
-        together when its search ends.
+        together when its search ends. With `alignments` each chunk carries the rows of its tokens.
         """
-        request = _request(texts, model, max_new_tokens, decoding, min_new_tokens)
+        request = _request(texts, model, max_new_tokens, decoding, min_new_tokens, alignments)
         call = self._translation.TranslateStream(request, timeout=timeout)
         return _chunks(call)
 
@@ -344,11 +363,12 @@ def _request(
     max_new_tokens: int | None,
     decoding: BeamSearch | Sampling | None = None,
     min_new_tokens: int | None = None,
+    alignments: bool = False,
 ) -> seqcast_pb2.TranslateRequest:
     texts = [texts] if isinstance(texts, str) else list(texts)
     # Leave optional fields unset for None: the server then uses its defaults.
     request = seqcast_pb2.TranslateRequest(
-        model=model, texts=texts, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        model=model, texts=texts, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, alignments=alignments
     )
     if isinstance(decoding, BeamSearch):
         request.decoding.beam_search.CopyFrom(
@@ -395,11 +415,16 @@ def _forecast_info(info: seqcast_pb2.ForecastInfo) -> ForecastInfo:
     )
 
 
+def _alignments(a: seqcast_pb2.Alignments) -> Alignments:
+    return Alignments(list(a.source_tokens), [r.target_token for r in a.rows], [list(r.weights) for r in a.rows])
+
+
 def _chunks(call: Iterator[seqcast_pb2.TranslateChunk]) -> Iterator[TranslationChunk]:
     try:
         for c in call:
             reason = _finish_reason(c.finish_reason) if c.finish_reason else None
-            yield TranslationChunk(c.index, c.text, reason, c.input_tokens, c.output_tokens)
+            aligned = _alignments(c.alignments) if c.HasField("alignments") else None
+            yield TranslationChunk(c.index, c.text, reason, c.input_tokens, c.output_tokens, aligned)
     except grpc.RpcError as e:
         raise SeqcastError.from_rpc_error(e) from None
     finally:

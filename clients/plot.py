@@ -1,4 +1,5 @@
-"""Forecast plots: each series' recent history, point forecast and quantile bands, in one image.
+"""Plots: forecasts (each series' recent history, point forecast and quantile bands) and word
+alignments (one heatmap per translated text), each request's in one image.
 
 Built on matplotlib's object-oriented API with the non-interactive Agg canvas (no pyplot, no
 window, no change to the process's backend). matplotlib is the optional `plot` extra and is
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqcast.client.client import ForecastResult, SeriesForecast
+from seqcast.client.client import ForecastResult, SeriesForecast, Translation
 from seqcast.client.series_csv import NamedSeries
 
 if TYPE_CHECKING:
@@ -128,3 +129,54 @@ def _date_axis(ax: Axes) -> None:
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def plot_alignments(texts: Sequence[str], results: Sequence[Translation], path: str | Path) -> Path:
+    """Draws one heatmap per translated text (the first `MAX_PANELS`) and writes the image to `path`.
+
+    `results` are the translations of `texts`, requested with alignments. In each panel the
+    columns are the source tokens, the rows the output tokens, both labelled with their tokenizer
+    pieces, and darker cells are larger weights (each row sums to 1). The image format follows the
+    suffix of `path` (PNG without one). Returns `path`.
+    """
+    if len(texts) != len(results):
+        raise ValueError(f"{len(texts)} texts but {len(results)} translations; pass the texts that were translated")
+    if any(r.alignments is None for r in results):
+        raise ValueError("the translations carry no alignments: request them with alignments=True")
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = min(len(results), MAX_PANELS)
+    shown = [r.alignments for r in results[:panels] if r.alignments is not None]
+    # Cells of about the same size in every panel: widths by source tokens, heights by output tokens.
+    columns = max(len(a.source_tokens) for a in shown)
+    heights = [max(len(a.target_tokens), 1) for a in shown]
+    figure = Figure(figsize=(max(5.0, 0.5 * columns + 2.5), 0.3 * sum(heights) + 2.2 * panels + 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(panels, 1, squeeze=False, gridspec_kw={"height_ratios": [h + 6 for h in heights]}).ravel()
+    for ax, text, result in zip(axes, texts, results):
+        _heatmap(ax, text, result)
+    title = "word alignments"
+    if len(results) > panels:
+        title += f"\nfirst {panels} of {len(results)} texts shown; {len(results) - panels} left out"
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+def _heatmap(ax: Axes, text: str, result: Translation) -> None:
+    alignments = result.alignments
+    assert alignments is not None
+    weights = alignments.weights or [[0.0] * len(alignments.source_tokens)]
+    ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(alignments.source_tokens)), alignments.source_tokens, rotation=60, ha="right",
+                  rotation_mode="anchor", fontsize="small")
+    ax.set_yticks(range(len(alignments.target_tokens)), alignments.target_tokens, fontsize="small")
+    ax.set_xlabel("source tokens")
+    ax.set_ylabel("output tokens")
+    ax.set_title(f"{_shorten(text)}\n→ {_shorten(result.text)}", fontsize="medium")
+
+
+def _shorten(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"

@@ -13,6 +13,10 @@ different positions share one step: that is in-flight batching, and the schedule
 When rows leave and every sequence is one row in host memory, the rows from the end of the batch
 move into their places (`fill_holes`), so a departure copies a row, not the batch.
 
+A decoder with an alignments output (`DecoderSpec.alignments`) returns it at every step; the
+loop reads it only in steps where a sequence that reports alignments is running, and hands each
+such sequence its own rows. Other sequences never see it, and on a device it stays there.
+
 Any object with the graph specs, `encode(source, mask)` and `step(feeds)` can drive it: the
 server's `OnnxModel`, PyTorch behind the same interface at export, or a scripted runtime in unit
 tests. A runtime that keeps decoder state on its device between steps (`OnnxModel` on CUDA)
@@ -150,8 +154,9 @@ def start_batch(
     )
 
 
-def step_output(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> np.ndarray:
-    """Runs one decoder step on every row; returns its last-position output (B, K) and advances the state."""
+def step_outputs(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> dict[str, Any]:
+    """Runs one decoder step on every row and advances the state; returns every decoder output by
+    name (the chosen output and alignments are (B, 1, ...): one new token per row)."""
     spec = runtime.decoder_spec
     mask = np.concatenate([batch.past_mask, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
     feeds = {spec.feed: batch.feed[:, None], **batch.static, **batch.state}
@@ -169,7 +174,7 @@ def step_output(runtime: Runtime, batch: DecodeBatch, timings: StepTimings) -> n
     batch.state = {s.input: out[s.output] for s in spec.state}
     batch.past_mask = mask
     batch.positions = batch.positions + 1
-    return out[spec.output][:, -1, :]
+    return out
 
 
 def take(batch: DecodeBatch, index: np.ndarray) -> DecodeBatch:
@@ -310,7 +315,9 @@ class Decoder:
     def step(self) -> None:
         """One decoder step for every row; each sequence chooses, emits and keeps or drops its rows."""
         assert self.batch is not None
-        out = step_output(self.runtime, self.batch, self.timings)
+        outputs = step_outputs(self.runtime, self.batch, self.timings)
+        out = outputs[self.runtime.decoder_spec.output][:, -1, :]
+        alignments = self._alignments(outputs)
         # Every row's most likely item in one call (greedy sequences read theirs from it): the
         # per-row work left in Python is a few list operations.
         best = out.argmax(axis=1)
@@ -319,13 +326,22 @@ class Decoder:
         offset = 0
         for seq in self.active:
             width = seq.width
-            parents, feed = seq.advance(out[offset : offset + width], best[offset : offset + width])
+            rows = alignments[offset : offset + width] if alignments is not None and seq.alignment_width is not None else None
+            parents, feed = seq.advance(out[offset : offset + width], best[offset : offset + width], rows)
             if parents:
                 index.extend([offset + p for p in parents])
                 feeds.extend(feed)
             offset += width
         self.active = [s for s in self.active if not s.finished]
         self._keep(index, feeds)
+
+    def _alignments(self, outputs: dict[str, Any]) -> np.ndarray | None:
+        """The step's alignments (B, S) on the host, if a running sequence reports them; else None
+        (and a device copy stays where it is)."""
+        name = self.runtime.decoder_spec.alignments
+        if name is None or not any(s.alignment_width is not None for s in self.active):
+            return None
+        return host(outputs[name])[:, -1, :]
 
     def stop(self, sequences: Sequence[DecodingSequence]) -> None:
         """Ends `sequences` now (Finish.STOPPED) and frees their rows."""

@@ -47,6 +47,11 @@ class InvalidArgument(ServingError):
         self.field = None if field is None else field[:MAX_SHOWN_CHARS]
 
 
+class Unsupported(ServingError):
+    """A valid request the model cannot serve as it is (alignments from a bundle without that
+    output): the same request succeeds once the model is rebuilt, so retrying as it is won't help."""
+
+
 class ModelNotFound(ServingError):
     """No loaded model has the requested name."""
 

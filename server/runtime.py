@@ -145,9 +145,10 @@ class OnnxModel:
         self.provider = self.decoder.get_providers()[0]
         self._encoder_outputs = [t.name for t in encoder.outputs]
         self._decoder_outputs = [t.name for t in decoder.outputs]
-        # Outputs read on the host every step; the rest (state) stay where they are computed.
-        state_outputs = {s.output for s in decoder.state}
-        self._host_outputs = {name for name in self._decoder_outputs if name not in state_outputs}
+        # Outputs read on the host every step; the rest stay where they are computed: state, and
+        # alignments, which the decoding loop copies only in steps where a request asked for them.
+        device_outputs = {s.output for s in decoder.state} | {decoder.alignments}
+        self._host_outputs = {name for name in self._decoder_outputs if name not in device_outputs}
         # Where decoder state lives between steps: the GPU with the CUDA provider; None keeps
         # numpy arrays on the host. ("cpu" runs the device path in host memory, for tests.)
         self.state_device: str | None = "cuda" if self.provider == "CUDAExecutionProvider" else None
@@ -173,8 +174,8 @@ class OnnxModel:
     def step(self, feeds: dict[str, np.ndarray | ort.OrtValue]) -> dict[str, np.ndarray | ort.OrtValue]:
         """One decoder call: every decoder input by name -> every decoder output by name.
 
-        With `state_device` set, state outputs come back as OrtValues on that device, ready to
-        be fed to the next step; the other outputs are numpy arrays.
+        With `state_device` set, state outputs (and alignments) come back as OrtValues on that
+        device, state ready to be fed to the next step; the other outputs are numpy arrays.
         """
         run_options = self._decoder_arena.options(_rows(next(iter(feeds.values()))))
         if self.state_device is None:

@@ -42,6 +42,7 @@ _FINISH = {
 _STATUS: tuple[tuple[type[errors.ServingError], grpc.StatusCode], ...] = (
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.EngineFailure, grpc.StatusCode.INTERNAL),
@@ -155,7 +156,8 @@ class TranslationServicer(_Servicer, pb_grpc.TranslationServicer):
         max_new = request.max_new_tokens if request.HasField("max_new_tokens") else None
         min_new = request.min_new_tokens if request.HasField("min_new_tokens") else None
         return translation.prepare(
-            model, list(request.texts), max_new, self.settings, context.time_remaining(), _strategy(request.decoding), min_new
+            model, list(request.texts), max_new, self.settings, context.time_remaining(), _strategy(request.decoding), min_new,
+            request.alignments,
         )
 
     @_edge
@@ -167,7 +169,7 @@ class TranslationServicer(_Servicer, pb_grpc.TranslationServicer):
             model_version=job.model.manifest.version,
             results=[
                 pb.TranslationResult(text=r.text, finish_reason=_FINISH[r.finish], input_tokens=r.input_tokens,
-                                     output_tokens=r.output_tokens)
+                                     output_tokens=r.output_tokens, alignments=_alignments(r.alignments))
                 for r in results
             ],
         )
@@ -185,7 +187,18 @@ class TranslationServicer(_Servicer, pb_grpc.TranslationServicer):
                     finish_reason=_FINISH[piece.finish],
                     input_tokens=len(job.sources[piece.index]),
                     output_tokens=piece.output_tokens,
+                    alignments=_alignments(piece.alignments),
                 )
+
+
+def _alignments(alignments: translation.Alignments | None) -> pb.Alignments | None:
+    if alignments is None:
+        return None
+    return pb.Alignments(
+        source_tokens=alignments.source_tokens,
+        rows=[pb.AlignmentRow(target_token=token, weights=weights)
+              for token, weights in zip(alignments.target_tokens, alignments.weights.tolist())],
+    )
 
 
 class ForecastingServicer(_Servicer, pb_grpc.ForecastingServicer):
@@ -246,6 +259,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
                     metadata={
                         **({"source_language": m.source_language} if m.source_language else {}),
                         **({"target_language": m.target_language} if m.target_language else {}),
+                        **({"alignment_layer": str(m.alignment_layer)} if m.alignment_layer is not None else {}),
                         **{k: str(v) for k, v in m.dims.items()},
                         "precision": m.precision.precision,
                     },

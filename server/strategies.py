@@ -14,6 +14,12 @@ a sequence decodes the same whatever else shares the batch.
 * `BeamSequence`: beam search with a length penalty; it emits its best hypothesis once it ends
   (a beam's tokens are not final until then, so nothing is streamed before).
 * `ForecastSequence`: every output column is emitted; the point column is fed back.
+
+A token sequence whose `alignment_width` is set (its request asked for alignments) also takes
+its rows of the decoder's alignments output at each step and emits each token as an
+`AlignedToken`: the id with the row of the step that chose it, cut to the real source tokens.
+Beam search keeps the rows in its hypotheses, so they follow the beams as they reorder and the
+rows emitted are those of the winning hypothesis.
 """
 
 from __future__ import annotations
@@ -34,9 +40,19 @@ class Finish(enum.Enum):
     STOPPED = "stopped"  # the caller asked to stop (deadline passed, cancelled, shutting down)
 
 
-# Called as a sequence produces: (item, finish). The item is a token id or a forecast step's
-# columns; the end-of-sequence token itself is not output: its sequence gets (None, Finish.EOS).
+# Called as a sequence produces: (item, finish). The item is a token id (an `AlignedToken` when
+# the sequence reports alignments) or a forecast step's columns; the end-of-sequence token itself
+# is not output: its sequence gets (None, Finish.EOS).
 Emit = Callable[[Any, "Finish | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AlignedToken:
+    """A token and its alignment: the decoder's alignments output at the step that chose it,
+    (source tokens,) over the real source tokens (end-of-sequence included), summing to 1."""
+
+    id: int
+    row: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class Sequence(ABC):
         self.emit: Emit = _unbound
         self.generated = 0
         self.finished = False
+        # Real source tokens of a sequence that reports alignments; None: it does not.
+        self.alignment_width: int | None = None
 
     @property
     @abstractmethod
@@ -81,9 +99,16 @@ class Sequence(ABC):
         """Rows the sequence occupies now."""
 
     @abstractmethod
-    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
-        """Takes its rows' step outputs (width, K) and each row's argmax (width,); returns the
+    def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[Any]]:
+        """Takes its rows' step outputs (width, K), each row's argmax (width,) and, when it reports
+        alignments, its rows of the alignments output (width, S >= alignment_width); returns the
         local rows that go on and their next inputs."""
+
+    def _item(self, token: int, alignments: np.ndarray | None, row: int) -> int | AlignedToken:
+        """The token as emitted: with its alignment (row `row`, real source tokens only) when asked for."""
+        if alignments is None:
+            return token
+        return AlignedToken(token, alignments[row, : self.alignment_width].copy())
 
     def stop(self) -> None:
         """Ends the sequence early (deadline, cancellation)."""
@@ -108,7 +133,7 @@ class _TokenSequence(Sequence):
     def choose(self, logits: np.ndarray, best: int) -> int:
         """The next token from the row's logits; `best` is their argmax."""
 
-    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[Any]]:
         logits, top = outputs[0], int(best[0])
         if self.generated < self.min_length:
             logits = logits.copy()
@@ -122,9 +147,9 @@ class _TokenSequence(Sequence):
             return [], []
         if self.generated >= self.limit:
             self.finished = True
-            self.emit(token, Finish.LENGTH)
+            self.emit(self._item(token, alignments, 0), Finish.LENGTH)
             return [], []
-        self.emit(token, None)
+        self.emit(self._item(token, alignments, 0), None)
         return [0], [token]
 
 
@@ -173,8 +198,9 @@ class BeamSequence(Sequence):
         # All beams start identical; only the first may expand, so the first step picks k
         # different tokens instead of the same one k times.
         self.scores = np.array([0.0] + [-math.inf] * (self.k - 1))
-        self.beams: list[list[int]] = [[] for _ in range(self.k)]
-        self.ended: list[tuple[float, list[int], Finish]] = []
+        # Each beam's items so far: token ids, or AlignedTokens when the sequence reports alignments.
+        self.beams: list[list[Any]] = [[] for _ in range(self.k)]
+        self.ended: list[tuple[float, list[Any], Finish]] = []
 
     @property
     def width(self) -> int:
@@ -183,7 +209,7 @@ class BeamSequence(Sequence):
     def _normalised(self, score: float, length: int) -> float:
         return score / max(length, 1) ** self.options.length_penalty
 
-    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[Any]]:
         total = self.scores[:, None] + _log_softmax(outputs)  # (width, V)
         if self.generated < self.min_length:
             total[:, self.eos] = -math.inf
@@ -205,13 +231,14 @@ class BeamSequence(Sequence):
                     break
         if self.generated >= self.limit:
             for parent, token, score in alive:
-                tokens = self.beams[parent] + [token]
+                tokens = self.beams[parent] + [self._item(token, alignments, parent)]
                 self.ended.append((self._normalised(score, len(tokens)), tokens, Finish.LENGTH))
             alive = []
         if len(self.ended) >= self.k or not alive:
             self._finish()
             return [], []
-        self.beams = [self.beams[p] + [t] for p, t, _ in alive]
+        # A new beam's row is its parent's at this step: the step that chose the token.
+        self.beams = [self.beams[p] + [self._item(t, alignments, p)] for p, t, _ in alive]
         self.scores = np.array([s for _, _, s in alive])
         return [p for p, _, _ in alive], [t for _, t, _ in alive]
 
@@ -239,7 +266,7 @@ class ForecastSequence(Sequence):
     def width(self) -> int:
         return 0 if self.finished else 1
 
-    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[Any]]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[Any]]:
         columns = outputs[0]
         self.generated += 1
         if self.generated >= self.limit:
@@ -251,12 +278,22 @@ class ForecastSequence(Sequence):
 
 
 def token_sequence(
-    strategy: Strategy, eos: int, limit: int, rng: np.random.Generator | None = None, min_length: int = 0
+    strategy: Strategy,
+    eos: int,
+    limit: int,
+    rng: np.random.Generator | None = None,
+    min_length: int = 0,
+    alignment_width: int | None = None,
 ) -> Sequence:
-    """The sequence object for one text decoded with `strategy`: at most `limit` new tokens, and
-    at least `min_length` before end-of-sequence may be chosen."""
+    """The sequence object for one text decoded with `strategy`: at most `limit` new tokens, at
+    least `min_length` before end-of-sequence may be chosen, and with `alignment_width` (the
+    source's length in tokens) each token emitted with its alignment."""
+    sequence: Sequence
     if isinstance(strategy, BeamSearch):
-        return BeamSequence(eos, limit, strategy, min_length)
-    if isinstance(strategy, Sampling):
-        return SamplingSequence(eos, limit, strategy, rng or np.random.default_rng(strategy.seed), min_length)
-    return GreedySequence(eos, limit, min_length)
+        sequence = BeamSequence(eos, limit, strategy, min_length)
+    elif isinstance(strategy, Sampling):
+        sequence = SamplingSequence(eos, limit, strategy, rng or np.random.default_rng(strategy.seed), min_length)
+    else:
+        sequence = GreedySequence(eos, limit, min_length)
+    sequence.alignment_width = alignment_width
+    return sequence

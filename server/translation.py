@@ -6,6 +6,11 @@ Builds on `seqcast.server.scheduler` (admission and the request handle) and
 truncated: a text over `max_input_chars` characters, or over the model's `max_source_tokens`
 once tokenized, gets InvalidArgument naming the text's index, so a caller never receives a
 translation of half a sentence without knowing it.
+
+A request may ask for alignments (`TranslateJob.alignments`): each text's sequence then emits
+its tokens with their rows of the decoder's alignments output (`strategies.AlignedToken`), and
+results and pieces carry them with the source and target tokens spelled out. A model whose
+bundle has no alignments output refuses such a request with `Unsupported`, saying how to get them.
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqcast.server.errors import DeadlineExceeded, InvalidArgument
+from seqcast.server.errors import DeadlineExceeded, InvalidArgument, Unsupported
 from seqcast.server.models import LoadedModel
 from seqcast.server.scheduler import RequestHandle, Work
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy, token_sequence
-from seqcast.server.text import StreamDetokenizer
+from seqcast.server.strategies import AlignedToken, BeamSearch, Finish, Greedy, Sampling, Strategy, token_sequence
+from seqcast.server.text import StreamDetokenizer, TextCodec
 
 TOO_SLOW = "raise the deadline or lower max_new_tokens"
 
@@ -37,6 +42,20 @@ class TranslateJob:
     strategy: Strategy = Greedy()
     # End-of-sequence can't be chosen before this many new tokens.
     min_new_tokens: int = 0
+    # Each token with its alignment (the model has the output: `prepare` checked).
+    alignments: bool = False
+
+
+@dataclass(frozen=True)
+class Alignments:
+    """Word alignments of a text, or of the tokens of one piece of it: for each output token, one
+    decoder layer's cross-attention over the source tokens, averaged over heads."""
+
+    # The source's tokens (end-of-sequence included); empty on a text's later pieces.
+    source_tokens: list[str]
+    target_tokens: list[str]
+    # (len(target_tokens), source tokens) float32; each row sums to 1.
+    weights: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -47,16 +66,19 @@ class Translation:
     finish: Finish | None
     input_tokens: int
     output_tokens: int
+    alignments: Alignments | None = None
 
 
 @dataclass(frozen=True)
 class Piece:
-    """The text that text `index` gained since its last piece; `finish` set on its last piece."""
+    """The text that text `index` gained since its last piece; `finish` set on its last piece.
+    With alignments, a piece may have tokens (and their rows) but no text yet."""
 
     index: int
     text: str
     finish: Finish | None
     output_tokens: int
+    alignments: Alignments | None = None
 
 
 def prepare(
@@ -67,9 +89,13 @@ def prepare(
     time_remaining: float | None,
     strategy: Strategy = Greedy(),
     min_new_tokens: int | None = None,
+    alignments: bool = False,
 ) -> TranslateJob:
-    """Checks a request against the settings and the model's limits; raises InvalidArgument."""
+    """Checks a request against the settings and the model's limits; raises InvalidArgument, or
+    Unsupported for alignments from a model without them."""
     name, most = model.name, model.manifest.max_new_tokens
+    if alignments and model.manifest.decoder.alignments is None:
+        raise _without_alignments(model)
     if not texts:
         raise InvalidArgument("texts is empty: send at least one text to translate", "texts")
     if len(texts) > settings.max_texts_per_request:
@@ -103,7 +129,20 @@ def prepare(
                 f"texts[{i}]",
             )
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
-    return TranslateJob(model, sources, [limit] * len(texts), deadline, strategy, min_new_tokens or 0)
+    return TranslateJob(model, sources, [limit] * len(texts), deadline, strategy, min_new_tokens or 0, alignments)
+
+
+def _without_alignments(model: LoadedModel) -> Unsupported:
+    """The refusal of alignments from `model`, with what would give it them."""
+    manifest = model.manifest
+    how = {
+        "transformer": "add them to the bundle with `python -m seqcast.export.add_alignments <bundle directory>` "
+                       "or export it again with `seqcast export`",
+        "marian": "import the checkpoint again with `seqcast import-hf`, which adds them",
+    }.get(manifest.architecture, f"only transformer bundles have them ({manifest.architecture} decoders have no single "
+                                 "cross-attention layer to read)")
+    return Unsupported(f"model {model.name} (version {manifest.version}) cannot return alignments: its decoder has no "
+                       f"alignments output; {how}, or ask without alignments")
 
 
 def check_strategy(strategy: Strategy, settings: ServerSettings) -> Strategy:
@@ -134,15 +173,20 @@ def _rng(strategy: Strategy, index: int) -> np.random.Generator | None:
 def _submit(job: TranslateJob) -> RequestHandle:
     special = job.model.manifest.special_tokens
     sequences = [
-        token_sequence(job.strategy, special.eos, limit, _rng(job.strategy, i), job.min_new_tokens)
-        for i, limit in enumerate(job.limits)
+        token_sequence(job.strategy, special.eos, limit, _rng(job.strategy, i), job.min_new_tokens,
+                       len(source) if job.alignments else None)
+        for i, (limit, source) in enumerate(zip(job.limits, job.sources))
     ]
     first = np.full(len(job.sources), special.bos, dtype=np.int64)
     assert job.model.scheduler is not None
     return job.model.scheduler.submit(Work(sequences, job.sources, special.pad, first), job.deadline)
 
 
-async def _events(job: TranslateJob) -> AsyncIterator[list[tuple[int, int | None, Finish | None]]]:
+# (index of the text, its new token or None, finish); the token is an AlignedToken with alignments.
+TokenEvent = tuple[int, int | AlignedToken | None, Finish | None]
+
+
+async def _events(job: TranslateJob) -> AsyncIterator[list[TokenEvent]]:
     """The request's events from its handle; a passed deadline says what to change."""
     try:
         async with aclosing(_submit(job).events()) as stream:
@@ -154,18 +198,38 @@ async def _events(job: TranslateJob) -> AsyncIterator[list[tuple[int, int | None
 
 async def translate(job: TranslateJob) -> list[Translation]:
     """Decodes every text of the job and returns each whole."""
-    tokens: list[list[int]] = [[] for _ in job.sources]
+    items: list[list[int | AlignedToken]] = [[] for _ in job.sources]
     finishes: list[Finish | None] = [None] * len(job.sources)
     async with aclosing(_events(job)) as stream:
         async for events in stream:
-            for index, token, finish in events:
-                if token is not None:
-                    tokens[index].append(token)
+            for index, item, finish in events:
+                if item is not None:
+                    items[index].append(item)
                 if finish is not None:
                     finishes[index] = finish
     codec = job.model.codec
     assert codec is not None
-    return [Translation(codec.decode(ids), finish, len(src), len(ids)) for ids, finish, src in zip(tokens, finishes, job.sources)]
+    results = []
+    for got, finish, source in zip(items, finishes, job.sources):
+        ids = _ids(got)
+        aligned = _alignments(codec, source, got) if job.alignments else None
+        results.append(Translation(codec.decode(ids), finish, len(source), len(ids), aligned))
+    return results
+
+
+def _ids(items: Sequence[int | AlignedToken]) -> list[int]:
+    return [item.id if isinstance(item, AlignedToken) else item for item in items]
+
+
+def _alignments(codec: TextCodec, source: Sequence[int] | None, items: Sequence[int | AlignedToken]) -> Alignments:
+    """The alignments of `items` (all AlignedTokens), with the source's tokens unless `source` is None."""
+    width = 0 if source is None else len(source)
+    rows = [item.row for item in items if isinstance(item, AlignedToken)]
+    return Alignments(
+        source_tokens=[] if source is None else codec.source_pieces(source),
+        target_tokens=codec.target_pieces(_ids(items)),
+        weights=np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32),
+    )
 
 
 async def translate_stream(job: TranslateJob) -> AsyncIterator[list[Piece]]:
@@ -179,27 +243,32 @@ async def translate_stream(job: TranslateJob) -> AsyncIterator[list[Piece]]:
     detokenizers = [StreamDetokenizer(codec) for _ in job.sources]
     async with aclosing(_events(job)) as stream:
         async for events in stream:
-            pieces = _pieces(events, detokenizers)
+            pieces = _pieces(events, detokenizers, job.sources if job.alignments else None)
             if pieces:
                 yield pieces
 
 
-def _pieces(events: list[tuple[int, int | None, Finish | None]], detokenizers: list[StreamDetokenizer]) -> list[Piece]:
-    """One piece per text that gained text or ended in `events`."""
-    news: dict[int, tuple[list[int], Finish | None]] = {}
-    for index, token, finish in events:
-        ids, _ = news.get(index, ([], None))
-        if token is not None:
-            ids.append(token)
-        news[index] = (ids, finish)
+def _pieces(events: list[TokenEvent], detokenizers: list[StreamDetokenizer], sources: list[list[int]] | None) -> list[Piece]:
+    """One piece per text that gained text (with `sources`: tokens) or ended in `events`; with
+    `sources`, each piece carries its tokens' alignments, and a text's first piece its source tokens."""
+    news: dict[int, tuple[list[int | AlignedToken], Finish | None]] = {}
+    for index, item, finish in events:
+        items, _ = news.get(index, ([], None))
+        if item is not None:
+            items.append(item)
+        news[index] = (items, finish)
     pieces = []
-    for index, (ids, finish) in news.items():
+    for index, (items, finish) in news.items():
         if finish is Finish.STOPPED:
             continue
         stream = detokenizers[index]
-        text = stream.push(ids) if ids else ""
+        first = not stream.ids
+        text = stream.push(_ids(items)) if items else ""
         if finish is not None:
             text += stream.finish()
-        if text or finish is not None:
-            pieces.append(Piece(index, text, finish, len(stream.ids)))
+        aligned = None
+        if sources is not None:
+            aligned = _alignments(stream.codec, sources[index] if first else None, items)
+        if text or finish is not None or (aligned is not None and items):
+            pieces.append(Piece(index, text, finish, len(stream.ids), aligned))
     return pieces

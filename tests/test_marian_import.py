@@ -4,7 +4,8 @@ One small random-weight Marian (SentencePiece models trained here on data/en-de,
 `MarianTokenizer` and `MarianMTModel.save_pretrained`, OPUS-MT's vocabulary layout) is built and
 imported through the CLI once per session; a second one covers the other config choices
 (separate vocabularies, no embedding scale, another activation). Decoding goes through the
-server's numpy loop (`greedy_tokens`, `Decoder` with `BeamSequence`) on `OnnxModel`.
+server's numpy loop (`greedy_tokens`, `Decoder` with `BeamSequence`) on `OnnxModel`, and through
+a real gRPC server (one per module) with alignments requested.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,9 +33,13 @@ from seqcast.server.decoding import Decoder, greedy_tokens, pad_batch
 from seqcast.server.manifest import Manifest
 from seqcast.server.models import load_model as load_bundle
 from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.client import BeamSearch as ClientBeamSearch
+from seqcast.client import Sampling as ClientSampling
+from seqcast.client import SeqcastClient, Translation
+from seqcast.server.settings import ServerSettings
 from seqcast.server.strategies import BeamSearch, BeamSequence, Finish
 
-from conftest import CORPUS
+from conftest import CORPUS, ServerThread
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")
@@ -184,7 +191,7 @@ class HfRuleBeam(BeamSequence):
 
     low_eos = 0
 
-    def advance(self, outputs: np.ndarray, best: np.ndarray) -> tuple[list[int], list[int]]:
+    def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[int]]:
         total = self.scores[:, None] + _log_softmax(outputs)
         vocab = total.shape[1]
         candidates = np.argsort(-total, axis=None, kind="stable")[: 2 * self.k]
@@ -273,6 +280,143 @@ def test_alignments_equal_transformers_cross_attentions_head_mean(marian, test_s
         assert (alignments[:, 0][mask == 0] == 0).all()
 
 
+# --- through the server, with alignments ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def marian_client(marian) -> Iterator[SeqcastClient]:
+    """A client of a real server serving the imported bundles (the main one by default)."""
+    m = marian["main"]
+    server = ServerThread(ServerSettings(model_dir=m.bundle.parents[1], port=0, metrics_port=0, default_model=m.manifest.name))
+    try:
+        with SeqcastClient(server.target) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+@torch.inference_mode()
+def _hf_alignments(m: Imported, texts: list[str], outputs: list[list[int]]) -> list[np.ndarray]:
+    """transformers' cross-attentions of the bundle's alignment layer, averaged over heads, with
+    each text's output tokens fed (`output_attentions=True`): (output tokens, source tokens) per
+    text. The padding columns, cut off here, are checked to be 0."""
+    special = m.manifest.special_tokens
+    enc = m.tokenizer(texts, return_tensors="pt", padding=True)
+    longest = max(len(o) for o in outputs)
+    # Row t is fed the token before output t (the start token first); padding after the last is
+    # never attended to by earlier positions (causal self-attention).
+    fed = torch.tensor([[special.bos, *o, *[special.pad] * (longest - len(o))] for o in outputs])
+    attentions = m.hf(**enc, decoder_input_ids=fed, output_attentions=True, use_cache=False).cross_attentions
+    mean = attentions[m.manifest.alignment_layer].mean(dim=1).numpy()
+    rows = []
+    for i, o in enumerate(outputs):
+        real = int(enc.attention_mask[i].sum())
+        assert (mean[i, : len(o), real:] == 0).all(), "padding columns"
+        rows.append(mean[i, : len(o), :real])
+    return rows
+
+
+def _served_ids(m: Imported, result: Translation) -> list[int]:
+    """The output token ids of a result, from its alignments' target tokens (SentencePiece pieces)."""
+    assert result.alignments is not None
+    return m.tokenizer.convert_tokens_to_ids(result.alignments.target_tokens)
+
+
+def _check_alignments(m: Imported, texts: list[str], results: list[Translation]) -> None:
+    """Each result's rows: one per output token, one column per real source token, summing to 1,
+    and transformers' numbers for the tokens it output within 1e-4."""
+    sources = _source_ids(m, texts)
+    reference = _hf_alignments(m, texts, [_served_ids(m, r) for r in results])
+    for source, result, expected in zip(sources, results, reference):
+        a = result.alignments
+        assert a is not None and a.source_tokens == m.tokenizer.convert_ids_to_tokens(source)
+        weights = np.array(a.weights, dtype=np.float32).reshape(result.output_tokens, len(source))
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(weights, expected, atol=1e-4)
+
+
+def test_greedy_through_the_server_equals_generate_num_beams_1_with_transformers_alignments(marian, marian_client, test_sentences) -> None:
+    m = marian["main"]
+    texts = test_sentences[:24]
+    expected = _generate(m, texts, num_beams=1)
+    results = marian_client.translate(texts, max_new_tokens=MAX_NEW, alignments=True)
+    assert [_served_ids(m, r) for r in results] == expected
+    assert [r.text for r in results] == m.tokenizer.batch_decode(expected, skip_special_tokens=True)
+    assert [r.text for r in marian_client.translate(texts, max_new_tokens=MAX_NEW)] == [r.text for r in results]
+    assert len({len(s) for s in _source_ids(m, texts)}) > 3, "padded sources"
+    _check_alignments(m, texts, results)
+
+
+def test_beam4_through_the_server_equals_generate_num_beams_4_with_the_winners_alignments(marian, marian_client, test_sentences) -> None:
+    """The server's tokens are the numpy loop's on every sentence, and generate's where the eos
+    rule agrees (see the numpy-loop test above); the rows are the winning hypothesis' own, after
+    every reorder of the beams."""
+    m = marian["main"]
+    texts = test_sentences[:24]
+    sources = _source_ids(m, texts)
+    expected = _generate(m, texts, num_beams=4, length_penalty=1.0, early_stopping=True)
+    loop, _ = _beam_tokens(m, sources, BeamSearch(beam_size=4))
+    _, hf_rule = _beam_tokens(m, sources, BeamSearch(beam_size=4), HfRuleBeam)
+    results = marian_client.translate(texts, max_new_tokens=MAX_NEW, decoding=ClientBeamSearch(4, 1.0), alignments=True)
+    assert [_served_ids(m, r) for r in results] == loop
+    agree = [i for i, seq in enumerate(hf_rule) if seq.low_eos == 0]
+    assert len(agree) >= 8
+    assert [_served_ids(m, results[i]) for i in agree] == [expected[i] for i in agree]
+    assert sum(len(_served_ids(m, r)) > 1 for r in results) >= 20, "hypotheses long enough to reorder"
+    _check_alignments(m, texts, results)
+
+
+def test_sampled_tokens_come_with_their_own_alignments(marian, marian_client, test_sentences) -> None:
+    m = marian["main"]
+    texts = test_sentences[24:30]
+    sampling = ClientSampling(temperature=1.5, seed=7)
+    results = marian_client.translate(texts, max_new_tokens=MAX_NEW, decoding=sampling, alignments=True)
+    plain = marian_client.translate(texts, max_new_tokens=MAX_NEW, decoding=sampling)
+    assert [r.text for r in results] == [r.text for r in plain]
+    _check_alignments(m, texts, results)
+
+
+def test_streamed_alignments_join_to_the_unary_ones(marian_client, test_sentences) -> None:
+    texts = test_sentences[30:36]
+    for decoding in (None, ClientBeamSearch(4)):
+        unary = marian_client.translate(texts, max_new_tokens=MAX_NEW, decoding=decoding, alignments=True)
+        sources: dict[int, list[list[str]]] = {i: [] for i in range(len(texts))}
+        targets: dict[int, list[str]] = {i: [] for i in range(len(texts))}
+        rows: dict[int, list[list[float]]] = {i: [] for i in range(len(texts))}
+        for chunk in marian_client.translate_stream(texts, max_new_tokens=MAX_NEW, decoding=decoding, alignments=True):
+            assert chunk.alignments is not None
+            sources[chunk.index].append(chunk.alignments.source_tokens)
+            targets[chunk.index] += chunk.alignments.target_tokens
+            rows[chunk.index] += chunk.alignments.weights
+            assert len(targets[chunk.index]) == len(rows[chunk.index]) == chunk.output_tokens
+        for i, result in enumerate(unary):
+            assert result.alignments is not None
+            assert sources[i][0] == result.alignments.source_tokens and not any(sources[i][1:])
+            assert targets[i] == result.alignments.target_tokens and rows[i] == result.alignments.weights
+
+
+def test_concurrent_requests_each_return_exactly_what_they_return_alone(marian_client, test_sentences) -> None:
+    """Requests of 1 to 3 texts, greedy, beam and seeded sampling, with and without alignments:
+    sent together they share decoding steps, yet each gets its tokens and alignments alone."""
+    decodings = [None, ClientBeamSearch(4), ClientSampling(seed=3)]
+    requests = [dict(texts=test_sentences[40 + 3 * i : 41 + 3 * i + i % 3], decoding=decodings[i % 3], alignments=i % 4 != 3)
+                for i in range(12)]
+
+    def send(request: dict[str, Any]) -> list[Translation]:
+        return marian_client.translate(max_new_tokens=MAX_NEW, **request)
+
+    alone = [send(r) for r in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(send, requests))
+    for a_results, t_results in zip(alone, together):
+        for a, t in zip(a_results, t_results):
+            assert (t.text, t.output_tokens, t.finish_reason) == (a.text, a.output_tokens, a.finish_reason)
+            assert (a.alignments is None) == (t.alignments is None)
+            if a.alignments is not None and t.alignments is not None:
+                assert t.alignments.target_tokens == a.alignments.target_tokens
+                np.testing.assert_allclose(t.alignments.weights, a.alignments.weights, atol=1e-6)
+
+
 # --- the tokenizer --------------------------------------------------------------------------------
 
 _PLACEHOLDER = re.compile(r"%\(\w+\)s|%s|%d|\{\w*\}")
@@ -316,11 +460,6 @@ def test_converted_tokenizer_gives_marian_tokenizer_ids_and_text(marian, which) 
 def test_readme_serve_command_serves_the_imported_model(marian, test_sentences) -> None:
     """`seqcast serve --model-dir models --default-model <imported>`: translations through gRPC
     are transformers' greedy translations, decoded by MarianTokenizer."""
-    from seqcast.client.client import SeqcastClient
-    from seqcast.server.settings import ServerSettings
-
-    from conftest import ServerThread
-
     m = marian["main"]
     texts = test_sentences[:4]
     expected = m.tokenizer.batch_decode(_generate(m, texts, num_beams=1), skip_special_tokens=True)

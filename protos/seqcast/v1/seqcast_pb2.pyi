@@ -17,18 +17,20 @@ FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("model", "texts", "max_new_tokens", "decoding", "min_new_tokens")
+    __slots__ = ("model", "texts", "max_new_tokens", "decoding", "min_new_tokens", "alignments")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DECODING_FIELD_NUMBER: _ClassVar[int]
     MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     max_new_tokens: int
     decoding: Decoding
     min_new_tokens: int
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ..., min_new_tokens: _Optional[int] = ...) -> None: ...
+    alignments: bool
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ..., min_new_tokens: _Optional[int] = ..., alignments: _Optional[bool] = ...) -> None: ...
 
 class Decoding(_message.Message):
     __slots__ = ("greedy", "beam_search", "sampling")
@@ -65,16 +67,34 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TranslationResult(_message.Message):
-    __slots__ = ("text", "finish_reason", "input_tokens", "output_tokens")
+    __slots__ = ("text", "finish_reason", "input_tokens", "output_tokens", "alignments")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: FinishReason
     input_tokens: int
     output_tokens: int
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    alignments: Alignments
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., alignments: _Optional[_Union[Alignments, _Mapping]] = ...) -> None: ...
+
+class Alignments(_message.Message):
+    __slots__ = ("source_tokens", "rows")
+    SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    source_tokens: _containers.RepeatedScalarFieldContainer[str]
+    rows: _containers.RepeatedCompositeFieldContainer[AlignmentRow]
+    def __init__(self, source_tokens: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[AlignmentRow, _Mapping]]] = ...) -> None: ...
+
+class AlignmentRow(_message.Message):
+    __slots__ = ("target_token", "weights")
+    TARGET_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    target_token: str
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, target_token: _Optional[str] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TranslateResponse(_message.Message):
     __slots__ = ("model", "model_version", "results")
@@ -87,18 +107,20 @@ class TranslateResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TranslationResult, _Mapping]]] = ...) -> None: ...
 
 class TranslateChunk(_message.Message):
-    __slots__ = ("index", "text", "finish_reason", "input_tokens", "output_tokens")
+    __slots__ = ("index", "text", "finish_reason", "input_tokens", "output_tokens", "alignments")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     text: str
     finish_reason: FinishReason
     input_tokens: int
     output_tokens: int
-    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    alignments: Alignments
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., alignments: _Optional[_Union[Alignments, _Mapping]] = ...) -> None: ...
 
 class Series(_message.Message):
     __slots__ = ("values",)
