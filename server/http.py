@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,  # as Google APIs map it
     grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
