@@ -204,12 +204,18 @@ def _alignments_usage_problem(args: argparse.Namespace) -> str | None:
     if args.stream and (args.plot_alignments is not None or (args.alignments and not args.json)):
         return "--alignments prints and --plot-alignments draws whole texts: leave out --stream (or, for --alignments, add --json)"
     if args.plot_alignments is not None:
-        try:
-            require_matplotlib()
-        except MatplotlibMissingError as e:
-            return f"--plot-alignments: {e}"
-        if not args.plot_alignments.parent.is_dir():
-            return f"--plot-alignments: directory {args.plot_alignments.parent} does not exist"
+        return _plot_problem("--plot-alignments", args.plot_alignments)
+    return None
+
+
+def _plot_problem(flag: str, path: Path) -> str | None:
+    """What stops a plot flag from writing `path`: no matplotlib, or no such directory."""
+    try:
+        require_matplotlib()
+    except MatplotlibMissingError as e:
+        return f"{flag}: {e}"
+    if not path.parent.is_dir():
+        return f"{flag}: directory {path.parent} does not exist"
     return None
 
 
@@ -297,12 +303,7 @@ def _forecast_usage_problem(args: argparse.Namespace) -> str | None:
     if args.id_column is not None and args.column:
         return "--column selects columns of the wide layout; with --id-column every series in the file is forecast"
     if args.plot is not None:
-        try:
-            require_matplotlib()
-        except MatplotlibMissingError as e:
-            return f"--plot: {e}"
-        if not args.plot.parent.is_dir():
-            return f"--plot: directory {args.plot.parent} does not exist"
+        return _plot_problem("--plot", args.plot)
     return None
 
 
