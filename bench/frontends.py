@@ -27,20 +27,18 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as triton
 
 from seqcast.client import SeqcastClient
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "models" / "en-de" / "1"
+from served import committed_models, serve
+
 SENTENCES = [  # long enough for about 30 tokens each, so decoding dominates as in real use
     "Open the file in a new window, check the changes you made and save them before you close the program.",
     "The changes could not be saved because the disk is full; delete some files and try again later.",
@@ -54,26 +52,12 @@ SENTENCES = [  # long enough for about 30 tokens each, so decoding dominates as 
 FRONT_ENDS = ("native", "kserve", "http")
 
 
-def serve(threads: int) -> tuple[subprocess.Popen, str, int]:
+def serve_en_de(threads: int) -> tuple[subprocess.Popen, str, int]:
     """`seqcast serve` on en-de with the HTTP front end on; returns the process, gRPC address and HTTP port."""
-    models = Path(tempfile.mkdtemp(prefix="seqcast-bench-models-"))
-    (models / "en-de").mkdir()
-    (models / "en-de" / "1").symlink_to(BUNDLE)
-    proc = subprocess.Popen(
-        [Path(sys.executable).with_name("seqcast"), "--log-level", "WARNING", "serve", "--model-dir", str(models),
-         "--port", "0", "--metrics-port", "0", "--http-port", "0", "--intra-op-threads", str(threads)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    address, port = None, None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(r"listening on (\S+)", line):
-            address = m.group(1)
-        if m := re.search(r"HTTP/JSON: http://[^:]+:(\d+)/", line):
-            port = int(m.group(1))
-        if address and port:
-            return proc, address, port
-    raise RuntimeError(f"the server did not start (exit code {proc.wait()})")
+    proc, address, startup = serve(committed_models("en-de"), "--http-port", "0", "--intra-op-threads", str(threads))
+    match = re.search(r"HTTP/JSON: http://[^:]+:(\d+)/", startup)
+    assert match is not None, startup
+    return proc, address, int(match.group(1))
 
 
 Caller = tuple[Callable[[str], str], Callable[[], None]]  # (translate one text, close the connection)
@@ -165,7 +149,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the server's intra-op threads")
     args = parser.parse_args()
     command = "python bench/frontends.py " + " ".join(sys.argv[1:])
-    proc, address, port = serve(args.threads)
+    proc, address, port = serve_en_de(args.threads)
     try:
         with SeqcastClient(address) as client:
             results = client.translate(SENTENCES)

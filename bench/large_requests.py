@@ -16,14 +16,9 @@ Starts `seqcast serve` on the committed vic-elec bundle in its own process, then
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -31,31 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqcast.client import SeqcastClient
 
-REPO = Path(__file__).resolve().parents[1]
+from served import committed_models, rss_mib, serve
 
-
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+)", status)
-    assert match is not None
-    return int(match.group(1)) / 1024
-
-
-def serve() -> tuple[subprocess.Popen, str]:
-    models = Path(tempfile.mkdtemp(prefix="seqcast-bench-models-"))
-    (models / "vic-elec").symlink_to(REPO / "models" / "vic-elec", target_is_directory=True)
-    proc = subprocess.Popen(
-        [Path(sys.executable).with_name("seqcast"), "--log-level", "WARNING", "serve", "--model-dir", str(models),
-         "--port", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(r"listening on (\S+)", line):
-            stdout = proc.stdout
-            threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()  # keep the pipe drained
-            return proc, m.group(1)
-    raise RuntimeError(f"the server did not start (exit code {proc.wait()})")
 
 
 def probe_health(target: str, stop: threading.Event, latencies: list[float]) -> None:
@@ -76,7 +48,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait before the last RSS reading")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    proc, target = serve()
+    proc, target, _ = serve(committed_models("vic-elec"))
     try:
         with SeqcastClient(target) as client:
             client.wait_ready(60)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -40,25 +39,11 @@ from seqcast.server.decoding import greedy_tokens
 from seqcast.server.models import load_model
 from seqcast.server.runtime import RuntimeOptions
 
+from served import committed_models, serve
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "en-de" / "1"
 POLICIES = ("inflight", "static", "none")
-
-
-def serve(policy: str, threads: int) -> tuple[subprocess.Popen, str]:
-    """`seqcast serve` on a model directory holding only en-de; returns the process and its address."""
-    models = Path(tempfile.mkdtemp(prefix="seqcast-bench-models-"))
-    (models / "en-de").mkdir()
-    (models / "en-de" / "1").symlink_to(BUNDLE)
-    proc = subprocess.Popen(
-        [Path(sys.executable).with_name("seqcast"), "--log-level", "WARNING", "serve", "--model-dir", str(models),
-         "--port", "0", "--metrics-port", "0", "--batching", policy, "--intra-op-threads", str(threads)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    for line in proc.stdout:
-        if m := re.search(r"listening on (\S+)", line):
-            return proc, m.group(1)
-    raise RuntimeError(f"the server did not start (exit code {proc.wait()})")
 
 
 def texts_for_bench() -> list[str]:
@@ -177,7 +162,8 @@ def run_client(target: str, clients: int, args: argparse.Namespace, texts_file: 
 
 
 def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[tuple[float, float]]]]:
-    servers = {policy: serve(policy, args.threads) for policy in POLICIES}
+    models = committed_models("en-de")
+    servers = {policy: serve(models, "--batching", policy, "--intra-op-threads", str(args.threads))[:2] for policy in POLICIES}
     texts_file = Path(tempfile.mkdtemp(prefix="seqcast-bench-texts-")) / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     runs: dict[tuple[str, int], list[LoadSummary]] = {}

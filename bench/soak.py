@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,8 @@ import numpy as np
 
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
+
+from served import rss_mib, serve
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = {"en-de": REPO / "models" / "en-de" / "1", "tourism": REPO / "models" / "tourism" / "1"}
@@ -77,25 +77,6 @@ def stage(root: Path, name: str, version: int) -> None:
         else:
             (staged / file.name).symlink_to(file)
     staged.rename(root / name / str(version))
-
-
-def serve(models: Path) -> tuple[subprocess.Popen, str]:
-    command = [str(Path(sys.executable).with_name("seqcast")), "--log-level", "WARNING", "serve", "--model-dir", str(models),
-               "--port", "0", "--metrics-port", "0", "--model-poll-seconds", "1",
-               "--default-model", "en-de", "--default-forecast-model", "tourism"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if match := re.search(r"listening on (\S+)", line):
-            return proc, match.group(1)
-    raise RuntimeError(f"seqcast serve exited with {proc.wait()} before listening")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 async def call(kind: str, channel: grpc.aio.Channel, rng: random.Random, started: float, record: Record) -> None:
@@ -193,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(tempfile.mkdtemp(prefix="seqcast-soak-"))
     for name in BUNDLES:
         stage(models, name, 1)
-    proc, target = serve(models)
+    proc, target, _ = serve(models, "--model-poll-seconds", "1", "--default-model", "en-de", "--default-forecast-model", "tourism")
     try:
         report = asyncio.run(soak(args, target, proc.pid, models))
     finally:
