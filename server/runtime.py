@@ -98,7 +98,7 @@ class _ArenaShrinker:
 
     ONNX Runtime's CPU arena keeps its peak for good: after one 1,024-series forecast a server
     holds 550 MiB instead of 110. Without the arena, each call allocates afresh, which made 256-row
-    forecast batches 1.2-1.6x slower. So the arena stays, and a call whose batch has at most a
+    forecast batches 1.15-1.6x slower. So the arena stays, and a call whose batch has at most a
     quarter of the rows of the largest batch since the last shrink asks ONNX Runtime to release
     the arena's unused memory at its end. That happens when load falls, or with the first call
     after a large request, a few times per peak, not per step. Peaks under `LARGE` rows are left
