@@ -19,7 +19,7 @@ import calendar
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -41,11 +41,18 @@ class SeriesCsvError(ValueError):
 
 @dataclass(frozen=True)
 class NamedSeries:
-    """One series: its values oldest first and, when the file has them, one time stamp per value."""
+    """One series: its values oldest first and, when the file has them, one time stamp per value.
+
+    `lines` (the file line of each value) and `time_column` (where the time stamps came from)
+    let later checks, such as training's regular-frequency check, name the row at fault; they
+    take no part in comparisons.
+    """
 
     name: str
     values: list[float]
     times: list[datetime] | None = None
+    lines: list[int] | None = field(default=None, compare=False, repr=False)
+    time_column: str | None = field(default=None, compare=False)
 
     def future_times(self, horizon: int) -> list[datetime] | None:
         """Time stamps of the `horizon` steps after the last value; None without two time stamps.
@@ -161,10 +168,12 @@ def _wide(table: _Table, columns: Sequence[str], time_column: str | None) -> lis
             problem = "no column holds numbers; a series column needs a number in every row"
             raise SeriesCsvError(table.path, problem, table.header_line)
     times = _times(table, time_index) if time_index is not None else None
+    time_name = table.header[time_index] if time_index is not None else None
     result = []
     for i in picked:
         start, values = _numbers(table, i)
-        result.append(NamedSeries(table.header[i], values, times[start:] if times is not None else None))
+        lines = [line for line, _ in table.rows[start:]]
+        result.append(NamedSeries(table.header[i], values, times[start:] if times is not None else None, lines, time_name))
     return result
 
 
@@ -188,7 +197,7 @@ def _long(table: _Table, id_column: str, value_column: str, time_column: str | N
                         second, time_column,
                     )
         series_times = [t for _, _, t in points] if times is not None else None
-        result.append(NamedSeries(name, [v for _, v, _ in points], series_times))
+        result.append(NamedSeries(name, [v for _, v, _ in points], series_times, [line for line, _, _ in points], time_column))
     return result
 
 

@@ -11,10 +11,12 @@ import json
 import logging
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from seqcast.export.config import ForecastConfig
     from seqcast.export.quality import QualityBar
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,12 @@ TRAIN_MODULES = frozenset({
 })
 
 
-def _config_flags(p: argparse.ArgumentParser, config: type) -> None:
+def _config_flags(p: argparse.ArgumentParser, config: type, skip: frozenset[str] = frozenset()) -> None:
     """One flag per field of a config dataclass, typed from its annotation (`int | None` takes an int)."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
         flag, kind = f"--{f.name.replace('_', '-')}", hints[f.name]
         if typing.get_origin(kind) is tuple:
             p.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=f.default)
@@ -58,26 +62,90 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train-forecast",
-        help="train a forecaster (transformer, LSTM with attention) or fit AR(p) on tourism or vic_elec",
+        help="train a forecaster (transformer, LSTM with attention) or fit AR(p) on tourism, vic_elec or your own CSV",
     )
     p.add_argument("--run-dir", type=Path, required=True, help="where the checkpoint, config and metrics go")
-    _config_flags(p, ForecastConfig)
+    _config_flags(p, ForecastConfig, skip=frozenset({"data", "csv"}))
+    _data_flags(p)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """--data (a built-in task) or --csv FILE with the layout flags of `seqcast-client forecast`."""
+    from seqcast.export.config import ForecastData
+
+    data = p.add_argument_group("data", "a built-in task (--data) or the series of a CSV file (--csv)")
+    built_in = [name for name in typing.get_args(ForecastData) if name != "csv"]
+    data.add_argument("--data", choices=built_in, help="built-in task (default: tourism, unless --csv)")
+    data.add_argument("--csv", type=Path, metavar="FILE", help="your own series: the last --horizon values of each are the test window")
+    data.add_argument("--column", action="append", default=[], metavar="NAME",
+                      help="wide layout: use this column (repeatable; default: every numeric column)")
+    data.add_argument("--id-column", metavar="NAME", help="long layout: the column naming each row's series")
+    data.add_argument("--value-column", metavar="NAME", help="long layout: the column of values")
+    data.add_argument("--time-column", metavar="NAME",
+                      help="the column of ISO 8601 time stamps (wide default: the first column of dates)")
+    data.add_argument("--frequency", metavar="ALIAS", help="pandas offset alias, e.g. MS, QS, D, h, 30min (default: inferred)")
+    data.add_argument("--season-length", type=int, metavar="M", help="steps per season (default: from the frequency, e.g. 12 for monthly)")
+    data.add_argument("--horizon", type=int, metavar="H", help="steps to forecast (default: from the frequency, e.g. 18 for monthly)")
+
+
+def _data_config(args: argparse.Namespace, **fields: object) -> "ForecastConfig":
+    """The config of --data or --csv (the CSV's settings inferred where not given), with `fields`."""
+    from seqcast.export.config import CsvSource, ForecastConfig
+    from seqcast.export.forecast_csv import resolve
+    from seqcast.export.forecast_data import forecast_task
+
+    csv_only = {"--column": args.column, "--id-column": args.id_column, "--value-column": args.value_column,
+                "--time-column": args.time_column, "--frequency": args.frequency,
+                "--season-length": args.season_length, "--horizon": args.horizon}
+    if args.csv is None:
+        given = [flag for flag, value in csv_only.items() if value]
+        if given:
+            raise ValueError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --csv FILE (a built-in task sets its own)")
+        return ForecastConfig(data=args.data or "tourism", **fields)  # type: ignore[arg-type]
+    if args.data is not None:
+        raise ValueError("give either --data or --csv, not both")
+    source = CsvSource(
+        str(args.csv.resolve()), tuple(args.column), args.id_column, args.value_column, args.time_column,
+        args.frequency, args.season_length, args.horizon,
+    )
+    cfg = ForecastConfig(data="csv", csv=resolve(source), **fields)  # type: ignore[arg-type]
+    forecast_task(cfg).load()  # every check on the file, before a run directory is made
+    return cfg
 
 
 def _run_train_forecast(args: argparse.Namespace) -> int:
     from seqcast.export.config import ForecastConfig
     from seqcast.export.forecast_train import train_forecaster
 
-    fields = {f.name for f in dataclasses.fields(ForecastConfig)}
+    fields = {f.name for f in dataclasses.fields(ForecastConfig)} - {"data", "csv"}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = ForecastConfig(**{**values, "quantile_levels": tuple(values["quantile_levels"])})
     try:
+        cfg = _data_config(args, **{**values, "quantile_levels": tuple(values["quantile_levels"])})
         metrics = train_forecaster(cfg, args.run_dir)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the CSV file
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: metrics[k] for k in ("data", "architecture", "steps", "best_validation_mase")}))
+    if cfg.csv is not None:
+        _print_scores(cfg, runs=[args.run_dir], json_path=args.run_dir / "test_scores.json")
     return 0
+
+
+def _print_scores(cfg: "ForecastConfig", bundles: Sequence[Path] = (), runs: Sequence[Path] = (),
+                  json_path: Path | None = None) -> None:
+    """The test-window table of the baselines and the given bundles and runs on cfg's task."""
+    from seqcast.export.forecast_data import forecast_task
+    from seqcast.export.forecast_evaluate import as_json, evaluate_forecasts, score_table
+
+    task = forecast_task(cfg)
+    n, scores = evaluate_forecasts(task, bundles, runs)
+    print(f"{task.name}: {n} test windows of {task.horizon} steps (season {task.season_length})")
+    print(score_table(scores))
+    if json_path is not None:
+        json_path.write_text(json.dumps(as_json(scores), indent=2) + "\n")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -273,25 +341,25 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_evaluate_forecast(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate-forecast",
-        help="MASE, sMAPE and wQL of forecast bundles on held-out test windows, beside SeasonalNaive and AutoETS",
+        help="MASE, sMAPE and wQL of forecast bundles on held-out test windows, beside SeasonalNaive, AutoETS, "
+             "AutoTheta, AutoARIMA and MSTL",
     )
     p.add_argument("bundles", type=Path, nargs="*", help="forecast bundle directories, e.g. models/tourism-transformer/1")
-    p.add_argument("--data", required=True, choices=["tourism", "vic_elec"])
+    _data_flags(p)
     p.add_argument("--json", type=Path, help="also write the scores to this file")
 
 
 def _run_evaluate_forecast(args: argparse.Namespace) -> int:
-    from seqcast.export.forecast_evaluate import as_json, evaluate_forecasts, score_table
-
     try:
-        task, n, scores = evaluate_forecasts(args.bundles, args.data)
+        if args.data is None and args.csv is None:
+            raise ValueError("name the test windows: --data tourism|vic_elec or --csv FILE")
+        _print_scores(_data_config(args), bundles=args.bundles, json_path=args.json)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{task.name}: {n} test windows of {task.horizon} steps")
-    print(score_table(scores))
-    if args.json:
-        args.json.write_text(json.dumps(as_json(scores), indent=2) + "\n")
+    except OSError as e:  # the CSV file
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,14 +6,15 @@ Free of torch imports so that the command line (and the torch-free server image)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
 
 Architecture = Literal["transformer", "gru-attention"]
 ForecastArchitecture = Literal["transformer", "lstm-additive", "lstm-dot", "ar"]
-ForecastData = Literal["tourism", "vic_elec"]
+# "csv": the series of a user's CSV file (ForecastConfig.csv).
+ForecastData = Literal["tourism", "vic_elec", "csv"]
 # Quantile levels of every neural forecaster; 0.5 (the median) is the point forecast.
 QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -81,11 +82,44 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CsvSource:
+    """A user's CSV file as forecasting data (`seqcast train-forecast --csv`), with everything
+    needed to read it again the same way: a run's config.json holds it, so that export and
+    evaluation rebuild the same task. Training records the inferred settings, never None."""
+
+    path: str
+    # Layout, as `seqcast-client forecast` reads it: wide (one numeric column per series;
+    # `columns` picks some) or long (one row per series and time step: id and value columns).
+    columns: tuple[str, ...] = ()
+    id_column: str | None = None
+    value_column: str | None = None
+    # The ISO 8601 time stamps (wide: found when None; long: required for training).
+    time_column: str | None = None
+    # None: inferred (frequency from the time stamps, season and horizon from the frequency;
+    # see `seqcast.export.forecast_csv`).
+    frequency: str | None = None
+    season_length: int | None = None
+    horizon: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.id_column is None) != (self.value_column is None):
+            raise ValueError("the long layout needs both an id column and a value column")
+        if self.id_column is not None and self.columns:
+            raise ValueError("selecting columns applies to the wide layout; the long layout has an id column")
+        for name in ("season_length", "horizon"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
 class ForecastConfig:
     """One forecasting run. Horizon, context length and split come from the data set's task
-    (`seqcast.export.forecast_data.TASKS`); the model only sees scaled values."""
+    (`seqcast.export.forecast_data.forecast_task`); the model only sees scaled values."""
 
     data: ForecastData = "tourism"
+    # The CSV file read when data is "csv", and only then.
+    csv: CsvSource | None = None
     architecture: ForecastArchitecture = "transformer"
     # Model size: transformer width/heads/layers/feed-forward; LSTM units = d_model.
     d_model: int = 64
@@ -109,3 +143,19 @@ class ForecastConfig:
     seed: int = 0
     eval_every: int = 250
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        if (self.data == "csv") != (self.csv is not None):
+            raise ValueError("a CSV source goes with data 'csv' and data 'csv' needs one (--csv FILE)")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ForecastConfig:
+        """The config a run's config.json (or a bundle's training.config) holds."""
+        values = dict(raw)
+        if "quantile_levels" in values:
+            values["quantile_levels"] = tuple(values["quantile_levels"])
+        if values.get("csv") is not None:
+            csv = dict(values["csv"])
+            csv["columns"] = tuple(csv.get("columns", ()))
+            values["csv"] = CsvSource(**csv)
+        return cls(**values)

@@ -24,7 +24,7 @@ from torch import nn
 
 from seqcast.export.bundle import checksums, export_info, exported_precision, write_bundle
 from seqcast.export.config import ForecastConfig
-from seqcast.export.forecast_data import TASKS, Window, scaled_contexts, windows
+from seqcast.export.forecast_data import Window, forecast_task, scaled_contexts, windows
 from seqcast.export.forecast_train import context_length, load_forecaster, min_context, point_column
 from seqcast.export.forecasters import ArForecaster, TransformerForecaster
 from seqcast.export.graphs import GraphPair, TorchRuntime, graphs_for
@@ -64,7 +64,7 @@ def check_forecast_parity(
     onnx_rt = OnnxModel(bundle_dir, graphs.encoder_spec, graphs.decoder_spec, RuntimeOptions(device="cpu"))
     graph_parity(torch_rt, onnx_rt, 5, default_cases(isinstance(model, TransformerForecaster)), report)
 
-    task, column = TASKS[cfg.data], point_column(model)
+    task, column = forecast_task(cfg), point_column(model)
     horizon, scaler = task.horizon, task.scaler
     contexts, scales = scaled_contexts([w.history for w in items], context_length(cfg), scaler)
     cached = forecast_values(torch_rt, contexts, horizon, column)
@@ -98,14 +98,14 @@ def _dims(model: nn.Module, cfg: ForecastConfig) -> dict[str, int]:
 
 
 def forecast_spec(model: nn.Module, cfg: ForecastConfig, frequency: str, season_length: int) -> ForecastSpec:
-    point_only = isinstance(model, ArForecaster)
+    point_only, task = isinstance(model, ArForecaster), forecast_task(cfg)
     return ForecastSpec(
         columns=["mean"] if point_only else [str(q) for q in cfg.quantile_levels],
         point="mean" if point_only else "0.5",
         context_length=context_length(cfg),
         min_context=min_context(cfg),
-        max_horizon=TASKS[cfg.data].horizon,
-        scaling=TASKS[cfg.data].scaler.to_manifest(),
+        max_horizon=task.horizon,
+        scaling=task.scaler.to_manifest(),
         frequency=frequency,
         season_length=season_length,
     )
@@ -117,7 +117,7 @@ def export_forecast_bundle(
     """Exports the best checkpoint of a forecasting run to models_dir/name/version."""
     model, cfg = load_forecaster(run_dir)
     graphs = graphs_for(model)
-    task = TASKS[cfg.data]
+    task = forecast_task(cfg)
     data = task.load()
     items = windows(task, data, "validation")[:PARITY_WINDOWS]
 

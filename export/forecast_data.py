@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from seqcast.client.series_csv import SeriesCsvError
+from seqcast.export.config import CsvSource, ForecastConfig
+from seqcast.export.forecast_csv import load_csv, resolve
 from seqcast.export.series import SeriesSet, load_tourism, load_vic_elec
 from seqcast.server.scaling import MeanAbsScaler, Scale
 
@@ -60,6 +65,56 @@ TASKS: dict[str, ForecastTask] = {
         scaler=MeanAbsScaler(center=True),
     ),
 }
+
+
+def forecast_task(cfg: ForecastConfig) -> ForecastTask:
+    """The task of a run: a built-in one by name, or the one its CSV source gives (`csv_task`)."""
+    if cfg.csv is not None:
+        return csv_task(cfg.csv)
+    return TASKS[cfg.data]
+
+
+def csv_task(source: CsvSource) -> ForecastTask:
+    """The task of a user's CSV file: one held-out window per series, the rest by one rule.
+
+    From the season m and the horizon h (inferred by `forecast_csv.resolve` where `source`
+    leaves them None):
+
+    * min_context = max(2m, h): two seasons, so the scaler and the transformer's seasonal-naive
+      start see the pattern twice, and never less than what is forecast;
+    * context_length = max(3m, 4h): tourism's 32 quarters for m = 4, h = 8;
+    * ar_order = min_context: AR(p) raises no request's minimum;
+    * free_running: half the batches from h = 24 on (vic_elec's fix for long horizons drifting),
+      else none (tourism's);
+    * baseline_history = max(20m, 1000) values, so long series keep AutoARIMA and MSTL affordable;
+    * the scaler is not centred (tourism's; centring suits only series far from zero).
+
+    Every series needs min_context + 3h values: a training window, then validation, then test.
+    Loading the series raises `SeriesCsvError` naming any series shorter than that.
+    """
+    if source.frequency is None or source.season_length is None or source.horizon is None:
+        source = resolve(source)
+    m, h = source.season_length, source.horizon
+    assert m is not None and h is not None
+    min_context = max(2 * m, h)
+    return ForecastTask(
+        name=Path(source.path).stem, load=partial(_load_csv, source, min_context + 3 * h, min_context), horizon=h,
+        test_windows=1, context_length=max(3 * m, 4 * h), min_context=min_context, ar_order=min_context,
+        season_length=m, free_running=0.5 if h >= 24 else 0.0, scaler=MeanAbsScaler(center=False),
+        baseline_history=max(20 * m, 1000),
+    )
+
+
+def _load_csv(source: CsvSource, needed: int, min_context: int) -> SeriesSet:
+    data = load_csv(source)
+    for s in data.series:
+        if len(s) < needed:
+            raise SeriesCsvError(
+                source.path, f"series {s.key!r} has {len(s)} values; horizon {source.horizon} needs at least {needed} "
+                f"(a context of {min_context}, then a training, a validation and a test window of {source.horizon}): "
+                "give a shorter --horizon or leave the series out",
+            )
+    return data
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""Forecast accuracy of bundles on a task's held-out test windows, next to statistical baselines.
+"""Forecast accuracy of bundles (or training runs) on a task's held-out test windows, next to
+statistical baselines. One path for every task: built-in (tourism, vic_elec) or a user's CSV.
 
 Bundles are run the way the server runs them: ONNX Runtime sessions from the bundle, the
 bundle's own scaler on the last `context_length` values, the shared decoding loop, unscaled
-outputs. statsforecast's SeasonalNaive and AutoETS forecast the same windows from the same
+outputs; a training run's best checkpoint goes through the same loop in PyTorch.
+The baselines of `forecast_metrics.BASELINES` (statsforecast's SeasonalNaive, AutoETS,
+AutoTheta, AutoARIMA and, for seasonal data, MSTL) forecast the same windows from the same
 histories (cut to the task's `baseline_history` for long series). Scores:
 
 * MASE: mean over windows, the scale from each window's history (seasonal differences);
@@ -16,13 +19,14 @@ histories (cut to the task's `baseline_history` for long series). Scores:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from seqcast.export.config import QUANTILE_LEVELS
-from seqcast.export.forecast_data import TASKS, ForecastTask, Window, windows
+from seqcast.export.forecast_data import ForecastTask, Window, windows
 from seqcast.export.forecast_metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
 from seqcast.server.decoding import forecast_values
 from seqcast.server.forecasting import scaled_context
@@ -70,12 +74,23 @@ def bundle_forecasts(model: LoadedModel, items: list[Window], horizon: int, batc
     return Forecasts(f"{model.name} ({model.manifest.architecture})", stacked[..., point], quantiles, time.perf_counter() - started)
 
 
-def baseline_forecasts(task: ForecastTask, items: list[Window], season: int) -> list[Forecasts]:
-    histories = [w.history if task.baseline_history is None else w.history[-task.baseline_history :] for w in items]
+def run_forecasts(run_dir: Path, items: list[Window]) -> Forecasts:
+    """Forecasts of every window by a training run's best checkpoint (PyTorch), in data units."""
+    from seqcast.export.forecast_train import forecast_windows, load_forecaster, point_column
+
+    model, cfg = load_forecaster(run_dir)
     started = time.perf_counter()
-    fitted = baselines_for(histories, [w.key for w in items], season, task.horizon, list(QUANTILE_LEVELS))
-    seconds = time.perf_counter() - started
-    return [Forecasts(name, b.point, b.quantiles, seconds) for name, b in fitted.items()]
+    stacked = forecast_windows(model, cfg, items)  # (N, H, K)
+    quantiles = None if cfg.architecture == "ar" else np.moveaxis(stacked, -1, 0)
+    return Forecasts(f"{run_dir.name} ({cfg.architecture})", stacked[..., point_column(model)], quantiles,
+                     time.perf_counter() - started)
+
+
+def baseline_forecasts(task: ForecastTask, items: list[Window], season: int) -> list[Forecasts]:
+    """Every baseline's forecasts of the windows, each timed on its own, with a progress bar."""
+    histories = [w.history if task.baseline_history is None else w.history[-task.baseline_history :] for w in items]
+    fitted = baselines_for(histories, [w.key for w in items], season, task.horizon, list(QUANTILE_LEVELS), progress=True)
+    return [Forecasts(name, b.point, b.quantiles, b.seconds) for name, b in fitted.items()]
 
 
 def window_mase(task: ForecastTask, items: list[Window], season: int, point: np.ndarray) -> np.ndarray:
@@ -104,9 +119,9 @@ def score(task: ForecastTask, items: list[Window], season: int, forecasts: list[
     ]
 
 
-def evaluate_forecasts(bundles: list[Path], data: str) -> tuple[ForecastTask, int, list[Score]]:
-    """Scores of each bundle and the two baselines on the test windows of task `data`."""
-    task = TASKS[data]
+def evaluate_forecasts(task: ForecastTask, bundles: Sequence[Path] = (), runs: Sequence[Path] = ()) -> tuple[int, list[Score]]:
+    """The number of test windows of `task`, and the scores of the baselines, then each bundle,
+    then each training run, on them."""
     series = task.load()
     items = windows(task, series, "test")
     forecasts = baseline_forecasts(task, items, series.season_length)
@@ -114,15 +129,18 @@ def evaluate_forecasts(bundles: list[Path], data: str) -> tuple[ForecastTask, in
         model = load_model(path, RuntimeOptions(device="cpu"))
         spec = model.manifest.forecast
         if spec is None or spec.max_horizon < task.horizon or spec.frequency != series.frequency:
-            raise ValueError(f"{path} is not a forecast bundle for {data} (horizon {task.horizon}, frequency {series.frequency})")
+            raise ValueError(f"{path} is not a forecast bundle for {task.name} (horizon {task.horizon}, frequency {series.frequency})")
         forecasts.append(bundle_forecasts(model, items, task.horizon))
-    return task, len(items), score(task, items, series.season_length, forecasts)
+    forecasts.extend(run_forecasts(run_dir, items) for run_dir in runs)
+    return len(items), score(task, items, series.season_length, forecasts)
 
 
 def score_table(scores: list[Score]) -> str:
+    """The scores as a Markdown table, one row per system."""
     header = "| system | MASE | sMAPE % | wQL | MASE / seasonal naive (geo. mean) | seconds |\n|---|---|---|---|---|---|"
     return "\n".join([header, *(s.row() for s in scores)])
 
 
 def as_json(scores: list[Score]) -> list[dict]:
+    """The scores as JSON-ready dicts (`Score`'s fields)."""
     return [asdict(s) for s in scores]

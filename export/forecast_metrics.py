@@ -5,12 +5,16 @@ Metrics take numpy arrays for one series (or, for wQL, any batch shape) and retu
 relative to a baseline (DESIGN.md: "each also relative to seasonal naive"). Each docstring
 says what a zero denominator gives.
 
-`statsforecast_baselines` fits statsforecast's SeasonalNaive and AutoETS on a train `SeriesSet`
+`statsforecast_baselines` fits the statistical baselines (`BASELINES`: statsforecast's
+SeasonalNaive, AutoETS, AutoTheta, AutoARIMA and, for seasonal data, MSTL) on a train `SeriesSet`
 (see `seqcast.export.series`) and returns point forecasts and quantiles as arrays.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,9 +23,11 @@ import numpy as np
 from seqcast.export.series import SeriesSet
 
 __all__ = [
-    "Baseline", "baselines_for", "geometric_mean_relative", "mase", "smape", "statsforecast_baselines",
-    "weighted_quantile_loss",
+    "BASELINES", "Baseline", "baseline_models", "baselines_for", "geometric_mean_relative", "mase", "smape",
+    "statsforecast_baselines", "weighted_quantile_loss",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def mase(y: np.ndarray, yhat: np.ndarray, insample: np.ndarray, season: int) -> float:
@@ -132,37 +138,72 @@ def _quantile_array(preds: Mapping[float, np.ndarray] | np.ndarray,
 
 # --- baselines -----------------------------------------------------------------------------
 
+# Every forecast table's statistical baselines, in its order. MSTL only for seasonal data.
+BASELINES = ("SeasonalNaive", "AutoETS", "AutoTheta", "AutoARIMA", "MSTL")
+
+
 @dataclass(frozen=True, eq=False)
 class Baseline:
     """One baseline's forecasts for a set of series, in the order of `keys`.
 
-    point: (N, H) mean forecasts; quantiles: (Q, N, H) at `levels` (ascending).
+    point: (N, H) mean forecasts; quantiles: (Q, N, H) at `levels` (ascending); seconds: the
+    time it took to fit and forecast every series.
     """
 
     keys: list[str]
     levels: list[float]
     point: np.ndarray
     quantiles: np.ndarray
+    seconds: float = 0.0
+
+
+def baseline_models(season_length: int) -> list[object]:
+    """The statsforecast models of `BASELINES` for season m, each named by its alias.
+
+    * AutoETS: statsforecast's ETS fits seasonal models for m <= 24 only; above that it
+      fits non-seasonal ones (vic_elec's m = 48).
+    * AutoARIMA uses the approximation R's auto.arima uses for long or strongly seasonal
+      series (approximate likelihood in the order search) and seasonal orders P, Q <= 1:
+      exact search took 18 s per 300-value hourly series on one core, this about 1 s.
+    * MSTL decomposes with STL at season m and forecasts the trend with AutoETS; left out
+      when m = 1 (nothing to decompose).
+    """
+    from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, SeasonalNaive
+
+    m = season_length
+    models = [
+        SeasonalNaive(season_length=m),
+        AutoETS(season_length=m),
+        AutoTheta(season_length=m),
+        AutoARIMA(season_length=m, approximation=True, max_P=1, max_Q=1),
+    ]
+    return models + [MSTL(season_length=m)] if m > 1 else models
 
 
 def statsforecast_baselines(train: SeriesSet, horizon: int, levels: list[float],
                             n_jobs: int = 1) -> dict[str, Baseline]:
-    """Fit SeasonalNaive and AutoETS (season = `train.season_length`) on every series and forecast
-    `horizon` steps. Returns {"SeasonalNaive": ..., "AutoETS": ...}.
+    """Fit every baseline (season = `train.season_length`) on every series and forecast
+    `horizon` steps. Returns {"SeasonalNaive": ..., "AutoETS": ..., ...} in `BASELINES` order.
 
-    Quantile level q is read off statsforecast's (Gaussian) prediction interval of coverage
-    |2q - 1|: the lower bound for q < 0.5, the upper for q > 0.5; q = 0.5 is the point forecast,
-    which is the median of those symmetric intervals.
+    Quantile level q is read off the model's own prediction interval of coverage |2q - 1|
+    (statsforecast's `level=`, Gaussian around the point forecast): the lower bound for
+    q < 0.5, the upper for q > 0.5; q = 0.5 is the point forecast, which is the median of those
+    symmetric intervals. A model that fails on a series falls back to SeasonalNaive there
+    (statsforecast's `fallback_model`).
     """
     return baselines_for([s.values for s in train.series], train.keys(), train.season_length, horizon, levels, n_jobs)
 
 
 def baselines_for(histories: Sequence[np.ndarray], keys: list[str], season_length: int, horizon: int,
-                  levels: list[float], n_jobs: int = 1) -> dict[str, Baseline]:
-    """`statsforecast_baselines` for plain arrays: forecast `horizon` steps after each history."""
+                  levels: list[float], n_jobs: int = 1, progress: bool = False) -> dict[str, Baseline]:
+    """`statsforecast_baselines` for plain arrays: forecast `horizon` steps after each history.
+
+    progress: show a progress bar per baseline (on stderr), the series in chunks of a tenth.
+    """
     import pandas as pd
     from statsforecast import StatsForecast
-    from statsforecast.models import AutoETS, SeasonalNaive
+    from statsforecast.models import SeasonalNaive
+    from tqdm import tqdm
 
     levels = sorted(float(q) for q in levels)
     if not all(0 < q < 1 for q in levels):
@@ -175,14 +216,27 @@ def baselines_for(histories: Sequence[np.ndarray], keys: list[str], season_lengt
         "ds": np.concatenate([np.arange(len(h)) for h in histories]),
         "y": np.concatenate(histories).astype(np.float64),
     })
-    m = season_length
-    sf = StatsForecast(models=[SeasonalNaive(season_length=m), AutoETS(season_length=m)],
-                       freq=1, n_jobs=n_jobs)
-    out = sf.forecast(df=frame, h=horizon, level=coverages or None)
-    out = out.reset_index() if "unique_id" not in out.columns else out
-    out = out.sort_values(["unique_id", "ds"])
-    return {name: _baseline_from_frame(out, name, keys, horizon, levels)
-            for name in ("SeasonalNaive", "AutoETS")}
+    chunk = max(1, -(-len(histories) // 10))
+    out = {}
+    for model in baseline_models(season_length):
+        name = str(model.alias)  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        parts = []
+        with tqdm(total=len(histories), desc=f"baseline {name}", unit="series", disable=not progress) as bar:
+            for first in range(0, len(histories), chunk):
+                ids = frame["unique_id"].between(first, first + chunk - 1)
+                sf = StatsForecast(models=[model], freq=1, n_jobs=n_jobs,
+                                   fallback_model=SeasonalNaive(season_length=season_length))
+                with warnings.catch_warnings():
+                    # AutoARIMA's order search tries models that do not converge and warns for each.
+                    warnings.filterwarnings("ignore", "possible convergence problem", UserWarning)
+                    forecast = sf.forecast(df=frame[ids], h=horizon, level=coverages or None)
+                parts.append(forecast.reset_index() if "unique_id" not in forecast.columns else forecast)
+                bar.update(min(chunk, len(histories) - first))
+        result = pd.concat(parts).sort_values(["unique_id", "ds"])
+        out[name] = _baseline_from_frame(result, name, keys, horizon, levels, time.perf_counter() - started)
+        log.info("baseline %s: %d series in %.1f s", name, len(histories), out[name].seconds)
+    return out
 
 
 def _coverage(q: float) -> int | float:
@@ -199,9 +253,9 @@ def _column(model: str, q: float) -> str:
 
 
 def _baseline_from_frame(out: object, model: str, keys: list[str], horizon: int,
-                         levels: list[float]) -> Baseline:
+                         levels: list[float], seconds: float) -> Baseline:
     def grid(column: str) -> np.ndarray:
         return out[column].to_numpy(np.float64).reshape(len(keys), horizon)  # type: ignore[index]
 
     return Baseline(keys=keys, levels=levels, point=grid(model),
-                    quantiles=np.stack([grid(_column(model, q)) for q in levels]))
+                    quantiles=np.stack([grid(_column(model, q)) for q in levels]), seconds=seconds)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from seqcast.export.config import ForecastConfig
-from seqcast.export.forecast_data import TASKS, ForecastTask, Window, WindowSampler, ar_training_windows, scaled_contexts, training_series, windows
+from seqcast.export.forecast_data import ForecastTask, Window, WindowSampler, forecast_task, ar_training_windows, scaled_contexts, training_series, windows
 from seqcast.export.forecast_metrics import mase
 from seqcast.export.forecasters import ArForecaster, build_forecaster, fit_ar, pinball_loss
 from seqcast.export.graphs import TorchRuntime, graphs_for
@@ -31,12 +31,12 @@ log = logging.getLogger(__name__)
 
 def context_length(cfg: ForecastConfig) -> int:
     """Values of history the model sees: the task's, or the AR order if that is longer."""
-    return max(TASKS[cfg.data].context_length, cfg.ar_order)
+    return max(forecast_task(cfg).context_length, cfg.ar_order)
 
 
 def min_context(cfg: ForecastConfig) -> int:
     """The fewest values a request may send: the task's minimum, and at least the AR order."""
-    return max(TASKS[cfg.data].min_context, cfg.ar_order)
+    return max(forecast_task(cfg).min_context, cfg.ar_order)
 
 
 def point_column(model: nn.Module) -> int:
@@ -48,7 +48,7 @@ def forecast_windows(model: nn.Module, cfg: ForecastConfig, items: list[Window],
     """Forecasts of every window in data units, (N, H, K), from PyTorch through the decoding loop."""
     model.eval()
     runtime = TorchRuntime(graphs_for(model))
-    task = TASKS[cfg.data]
+    task = forecast_task(cfg)
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -67,8 +67,7 @@ def mean_mase(task: ForecastTask, items: list[Window], point: np.ndarray, season
 
 def load_forecaster(run_dir: Path, checkpoint: str = "best.pt") -> tuple[nn.Module, ForecastConfig]:
     """The trained (or fitted) forecaster of a run directory, in eval mode, with its config."""
-    raw = json.loads((run_dir / "config.json").read_text())
-    cfg = ForecastConfig(**{**raw, "quantile_levels": tuple(raw["quantile_levels"])})
+    cfg = ForecastConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     model = build_forecaster(cfg)
     model.load_state_dict(torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True))
     return model.eval(), cfg
@@ -80,7 +79,7 @@ def is_forecast_run(run_dir: Path) -> bool:
 
 
 def _fit_ar(cfg: ForecastConfig, model: ArForecaster, series: list[np.ndarray]) -> None:
-    task = TASKS[cfg.data]
+    task = forecast_task(cfg)
     coefficients, intercept = fit_ar(ar_training_windows(series, task, model.order), model.order)
     with torch.no_grad():
         model.linear.weight.copy_(torch.tensor(coefficients, dtype=torch.float32)[None, :])
@@ -99,15 +98,15 @@ def train_forecaster(cfg: ForecastConfig, run_dir: Path) -> dict:
     """Trains (or, for AR, fits) a forecaster; returns the metrics also written to metrics.json."""
     torch.set_num_threads(cfg.threads)
     if cfg.architecture == "ar" and not cfg.ar_order:
-        cfg = replace(cfg, ar_order=TASKS[cfg.data].ar_order)
+        cfg = replace(cfg, ar_order=forecast_task(cfg).ar_order)
     if cfg.free_running is None:
-        cfg = replace(cfg, free_running=TASKS[cfg.data].free_running)
+        cfg = replace(cfg, free_running=forecast_task(cfg).free_running)
     if (run_dir / "best.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; choose another directory")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     seed_everything(cfg.seed)
-    task = TASKS[cfg.data]
+    task = forecast_task(cfg)
     data = task.load()
     series = training_series(task, data)
     validation = windows(task, data, "validation")

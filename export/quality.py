@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from seqcast.export.corpus import Pair, read_split
 from seqcast.export.evaluate import corpus_scores, translate
-from seqcast.export.forecast_data import TASKS, windows
+from seqcast.export.config import ForecastConfig
+from seqcast.export.forecast_data import TASKS, forecast_task, windows
 from seqcast.export.forecast_evaluate import bundle_forecasts, window_mase
 from seqcast.server.decoding import pad_batch
 from seqcast.server.manifest import Manifest, Quality
@@ -194,11 +195,13 @@ def translation_quality(reference: LoadedModel, candidate: LoadedModel, bar: Qua
 
 
 def forecast_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
-    data = str(reference.manifest.training.get("data") or "")
-    if data not in TASKS:
+    training = reference.manifest.training
+    data = str(training.get("data") or "")
+    if data not in [*TASKS, "csv"]:
         raise QualityError(f"the source bundle names no known forecast data set (training.data = {data!r}); "
-                           f"known: {sorted(TASKS)}")
-    task = TASKS[data]
+                           f"known: {[*sorted(TASKS), 'csv']}")
+    # The training config rebuilds the task (a CSV run's file and settings); older bundles name the data only.
+    task = forecast_task(ForecastConfig.from_dict(training.get("config") or {"data": data}))
     series = task.load()
     items = windows(task, series, "test")[: bar.limit]
     mean = [
