@@ -135,13 +135,13 @@ def _run_train_forecast(args: argparse.Namespace) -> int:
 
 
 def _print_scores(cfg: "ForecastConfig", bundles: Sequence[Path] = (), runs: Sequence[Path] = (),
-                  json_path: Path | None = None) -> None:
+                  json_path: Path | None = None, limit: int | None = None) -> None:
     """The test-window table of the baselines and the given bundles and runs on cfg's task."""
     from seqcast.export.forecast_data import forecast_task
     from seqcast.export.forecast_evaluate import as_json, evaluate_forecasts, score_table
 
     task = forecast_task(cfg)
-    n, scores = evaluate_forecasts(task, bundles, runs)
+    n, scores = evaluate_forecasts(task, bundles, runs, limit)
     print(f"{task.name}: {n} test windows of {task.horizon} steps (season {task.season_length})")
     print(score_table(scores))
     if json_path is not None:
@@ -346,6 +346,7 @@ def _add_evaluate_forecast(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundles", type=Path, nargs="*", help="forecast bundle directories, e.g. models/tourism-transformer/1")
     _data_flags(p)
+    p.add_argument("--limit", type=int, help="score only the first N test windows")
     p.add_argument("--json", type=Path, help="also write the scores to this file")
 
 
@@ -353,7 +354,7 @@ def _run_evaluate_forecast(args: argparse.Namespace) -> int:
     try:
         if args.data is None and args.csv is None:
             raise ValueError("name the test windows: --data tourism|vic_elec or --csv FILE")
-        _print_scores(_data_config(args), bundles=args.bundles, json_path=args.json)
+        _print_scores(_data_config(args), bundles=args.bundles, json_path=args.json, limit=args.limit)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

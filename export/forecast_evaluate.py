@@ -119,11 +119,12 @@ def score(task: ForecastTask, items: list[Window], season: int, forecasts: list[
     ]
 
 
-def evaluate_forecasts(task: ForecastTask, bundles: Sequence[Path] = (), runs: Sequence[Path] = ()) -> tuple[int, list[Score]]:
-    """The number of test windows of `task`, and the scores of the baselines, then each bundle,
-    then each training run, on them."""
+def evaluate_forecasts(task: ForecastTask, bundles: Sequence[Path] = (), runs: Sequence[Path] = (),
+                       limit: int | None = None) -> tuple[int, list[Score]]:
+    """The number of test windows of `task` (the first `limit`, if given), and the scores of the
+    baselines, then each bundle, then each training run, on them."""
     series = task.load()
-    items = windows(task, series, "test")
+    items = windows(task, series, "test")[:limit]
     forecasts = baseline_forecasts(task, items, series.season_length)
     for path in bundles:
         model = load_model(path, RuntimeOptions(device="cpu"))

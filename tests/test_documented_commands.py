@@ -15,6 +15,7 @@ import pytest
 
 from seqcast.client.cli import build_parser as build_client_parser
 from seqcast.client.cli import main as client_main
+from seqcast.export.forecast_metrics import BASELINES
 from seqcast.server.cli import build_parser
 from seqcast.server.cli import main as seqcast
 
@@ -127,10 +128,11 @@ def test_evaluate_with_the_baseline(model_dir: Path, tmp_path: Path, capsys: pyt
 def test_evaluate_forecast(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "scores.json"
     code = seqcast(["--log-level", "WARNING", "evaluate-forecast", str(model_dir / "tiny-forecast-ar" / "1"),
-                    "--data", "tourism", "--json", str(out)])
+                    "--data", "tourism", "--limit", "16", "--json", str(out)])
     assert code == 0
-    systems = {s["system"] for s in json.loads(out.read_text())}
-    assert len(systems) == 3 and "MASE" in capsys.readouterr().out
+    systems = [s["system"] for s in json.loads(out.read_text())]
+    assert systems == [*BASELINES, "tiny-forecast-ar (ar)"]
+    assert "tourism: 16 test windows" in capsys.readouterr().out
 
 
 def test_the_client_translates_with_exact_lengths(server, capsys: pytest.CaptureFixture[str]) -> None:
