@@ -204,7 +204,8 @@ def _raise_irregular(path: str, s: _Stamped, time_column: str | None) -> NoRetur
     if pd.infer_freq(s.times[:3]) is None:
         first = ", ".join(_shown(t) for t in s.times[:3])
         raise SeriesCsvError(path, f"series {s.name!r}: the time stamps {first} are not evenly spaced at any "
-                                   "pandas frequency", s.lines[2], time_column)
+                                   "pandas frequency (monthly and quarterly data must fall on the first or the last "
+                                   "day of a month)", s.lines[2], time_column)
     # The longest regular prefix (a prefix of a regular prefix is regular), by bisection.
     low, high = 3, len(s.times) - 1
     while low < high:

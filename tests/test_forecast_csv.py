@@ -222,6 +222,9 @@ BAD_FILES = {
     "missing time stamp": (HEADER + _days("a", 60) + _days("b", 60, skip=30), LONG,
                            ["line 92", "column 'day'", "series 'b': time stamp 2024-02-01 follows 2024-01-30 (line 91)",
                             "frequency D gives 2024-01-31"]),
+    "mid-month time stamps": (_wide([f"{t[:8]}15,{i}" for i, t in enumerate(_months(90))]), [],
+                              ["line 4", "column 'month'", "series 'sales': the time stamps 2015-01-15, 2015-02-15, "
+                               "2015-03-15 are not evenly spaced", "first or the last day of a month"]),
     "two frequencies": (HEADER + _days("a", 60) + _weeks("b", 60), LONG,
                         ["column 'day'", "series 'a' steps by D but series 'b' by W-MON"]),
     "no time stamps": ("a,b\n" + "".join(f"{i},{i + 1}\n" for i in range(90)), [], ["no time stamps", "--time-column"]),
