@@ -211,7 +211,7 @@ def forecast_quality(reference: LoadedModel, candidate: LoadedModel, bar: Qualit
     return Quality(
         metric="MASE",
         bar=bar.max_mase_increase,
-        split=f"{data} test windows",
+        split=f"{task.name} test windows",
         items=len(items),
         subset=bar.limit is not None and len(items) >= bar.limit,
         reference=mean[0],
