@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 from datetime import datetime, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
@@ -92,14 +92,14 @@ def export_bundle(
     models_dir: Path,
     name: str,
     version: str,
-    corpus: Path | None = None,
+    corpus: Sequence[Path] | None = None,
     max_new_tokens: int = 128,
     tolerance: float = TOLERANCE,
     overwrite: bool = False,
 ) -> Path:
     """Exports the best checkpoint of a translation run to models_dir/name/version."""
     model, cfg, tokenizer = load_model(run_dir)
-    corpus = corpus or Path(cfg.corpus)
+    corpus = list(corpus or cfg.corpus_paths())
     round_weights_fp16(model)
     graphs = graphs_for(model)
 
@@ -124,8 +124,8 @@ def export_bundle(
             special_tokens=SPECIAL,
             tokenizer="tokenizer.json",
             alignment_layer=getattr(graphs.decoder, "alignment_layer", None),  # transformers only
-            source_language="en",
-            target_language="de",
+            source_language=cfg.source_language,
+            target_language=cfg.target_language,
             max_source_tokens=cfg.max_tokens,
             max_new_tokens=max_new_tokens,
             encoder=graphs.encoder_spec,
@@ -135,7 +135,7 @@ def export_bundle(
             parity=report.to_manifest(),
             precision=exported_precision(work, "float16"),
             training={
-                "corpus": str(corpus),
+                "corpus": str(corpus[0]) if len(corpus) == 1 else [str(p) for p in corpus],
                 "config": json.loads((run_dir / "config.json").read_text()),
                 "steps": metrics.get("steps"),
                 "best_dev_loss": metrics.get("best_dev_loss"),

@@ -29,13 +29,14 @@ TRAIN_MODULES = frozenset({
 
 
 def _config_flags(p: argparse.ArgumentParser, config: type) -> None:
-    """One flag per field of a config dataclass, typed from its annotation (`int | None` takes an int)."""
+    """One flag per field of a config dataclass, typed from its annotation (`int | None` takes an int,
+    `bool | None` is --x/--no-x, unset by default)."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         flag, kind = f"--{f.name.replace('_', '-')}", hints[f.name]
         if typing.get_origin(kind) is tuple:
             p.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=f.default)
-        elif kind is bool:
+        elif kind is bool or typing.get_args(kind) == (bool, type(None)):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, choices=typing.get_args(kind), default=f.default)
@@ -47,7 +48,8 @@ def _config_flags(p: argparse.ArgumentParser, config: type) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from seqcast.export.config import TrainConfig
 
-    p = sub.add_parser("train", help="train a translation model (progress bar, dev loss, checkpoints, resume)")
+    p = sub.add_parser("train", help="train a translation model on a built corpus, a TSV file or two aligned text "
+                                     "files (progress bar, dev loss, checkpoints, resume)")
     p.add_argument("--run-dir", type=Path, required=True, help="where checkpoints, tokenizer and metrics go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     _config_flags(p, TrainConfig)
@@ -60,7 +62,8 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
         "train-forecast",
         help="train a forecaster (transformer, LSTM with attention) or fit AR(p) on tourism or vic_elec",
     )
-    p.add_argument("--run-dir", type=Path, required=True, help="where the checkpoint, config and metrics go")
+    p.add_argument("--run-dir", type=Path, required=True, help="where the checkpoints, config and metrics go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     _config_flags(p, ForecastConfig)
 
 
@@ -72,7 +75,7 @@ def _run_train_forecast(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in fields}
     cfg = ForecastConfig(**{**values, "quantile_levels": tuple(values["quantile_levels"])})
     try:
-        metrics = train_forecaster(cfg, args.run_dir)
+        metrics = train_forecaster(cfg, args.run_dir, resume=args.resume)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,8 +88,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from seqcast.export.train import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         metrics = train(cfg, args.run_dir, resume=args.resume)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -115,14 +118,16 @@ def _quality_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-mase-increase", type=float, default=0.01,
                    help="forecast: the most relative MASE increase (0.01 = 1%%) against float32 on the test windows")
     p.add_argument("--quality-limit", type=int, help="score only the first N test sentences or windows")
-    p.add_argument("--corpus", type=Path, help="translation corpus with a test split, for parity and the quality guard (default: the training corpus)")
+    p.add_argument("--corpus", type=Path, nargs="+",
+                   help="translation corpus whose test split checks parity and quality: a corpus directory or TSV "
+                        "file, or two aligned text files (default: the training corpus)")
 
 
 def _quality_bar(args: argparse.Namespace) -> "QualityBar":
     from seqcast.export.quality import QualityBar
 
     return QualityBar(max_chrf_drop=args.max_chrf_drop, max_mase_increase=args.max_mase_increase,
-                      limit=args.quality_limit, corpus=args.corpus)
+                      limit=args.quality_limit, corpus=tuple(args.corpus) if args.corpus else None)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -250,7 +255,8 @@ def _run_data(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="chrF and BLEU of bundles on a corpus split, decoded the way the server does")
     p.add_argument("bundles", type=Path, nargs="*", help="bundle directories, e.g. models/en-de/1")
-    p.add_argument("--corpus", type=Path, default=Path("data/en-de"))
+    p.add_argument("--corpus", type=Path, nargs="+", default=[Path("data/en-de")],
+                   help="a corpus directory or TSV file, or two aligned text files (default: data/en-de)")
     p.add_argument("--split", default="test", choices=["dev", "test"])
     p.add_argument("--limit", type=int, help="score only the first N sentences")
     p.add_argument("--baseline", action="store_true", help="also score nearest-neighbour retrieval from the training split")
@@ -261,7 +267,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from seqcast.export.evaluate import evaluate
 
     scores = evaluate(args.bundles, args.corpus, args.split, args.baseline, args.limit)
-    print(f"{args.split} split of {args.corpus}:")
+    print(f"{args.split} split of {' '.join(map(str, args.corpus))}:")
     print("| system | chrF | BLEU | sentences | seconds |\n|---|---|---|---|---|")
     for s in scores:
         print(s.row())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def nearest_neighbour_baseline(train: list[Pair], pairs: list[Pair]) -> Scores:
     return corpus_scores("nearest-neighbour retrieval", hypotheses, [p.de for p in pairs], time.perf_counter() - started)
 
 
-def evaluate(bundles: list[Path], corpus: Path, split: str, baseline: bool, limit: int | None = None) -> list[Scores]:
+def evaluate(bundles: list[Path], corpus: Sequence[Path], split: str, baseline: bool, limit: int | None = None) -> list[Scores]:
     pairs = read_split(corpus, split, limit)
     scores = [evaluate_bundle(b, pairs) for b in bundles]
     if baseline:

@@ -1,8 +1,10 @@
-"""Training a forecaster: random windows, pinball loss, validation by forecasting, checkpoints.
+"""Training a forecaster: random windows and pinball loss through the shared training loop
+(`seqcast.export.fit`), validated by forecasting.
 
-A run lives in one directory: `config.json`, `best.pt` (best validation MASE, measured by
-forecasting the validation windows autoregressively through the same decoding loop the server
-runs) and `metrics.json`. The AR(p) baseline is fitted by least squares instead of trained.
+A run lives in one directory: `config.json`, `last.pt` (for `--resume`), `best.pt` (best
+validation MASE, measured by forecasting the validation windows autoregressively through the same
+decoding loop the server runs) and `metrics.json`. The AR(p) baseline is fitted by least squares
+instead of trained; resuming it fits it again.
 """
 
 from __future__ import annotations
@@ -11,23 +13,29 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from seqcast.export.config import ForecastConfig
+from seqcast.export.config import ForecastConfig, from_json
 from seqcast.export.forecast_data import TASKS, ForecastTask, Window, WindowSampler, ar_training_windows, scaled_contexts, training_series, windows
 from seqcast.export.forecast_metrics import mase
+from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, save_checkpoint, start_run
 from seqcast.export.forecasters import ArForecaster, build_forecaster, fit_ar, pinball_loss
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.train import seed_everything
 from seqcast.server.decoding import forecast_values
 
 log = logging.getLogger(__name__)
+
+# Settings a resumed run may change.
+_RESUMABLE = frozenset({"steps", "eval_every", "checkpoint_every", "threads"})
+
 
 def context_length(cfg: ForecastConfig) -> int:
     """Values of history the model sees: the task's, or the AR order if that is longer."""
@@ -65,17 +73,14 @@ def mean_mase(task: ForecastTask, items: list[Window], point: np.ndarray, season
     ]))
 
 
-def load_forecaster(run_dir: Path, checkpoint: str = "best.pt") -> tuple[nn.Module, ForecastConfig]:
+def load_forecaster(run_dir: Path, checkpoint: str = BEST) -> tuple[nn.Module, ForecastConfig]:
     """The trained (or fitted) forecaster of a run directory, in eval mode, with its config."""
-    raw = json.loads((run_dir / "config.json").read_text())
-    cfg = ForecastConfig(**{**raw, "quantile_levels": tuple(raw["quantile_levels"])})
-    model = build_forecaster(cfg)
-    model.load_state_dict(torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True))
-    return model.eval(), cfg
+    cfg = from_json(ForecastConfig, json.loads((run_dir / CONFIG).read_text()))
+    return load_weights(build_forecaster(cfg), run_dir / checkpoint), cfg
 
 
 def is_forecast_run(run_dir: Path) -> bool:
-    config = run_dir / "config.json"
+    config = run_dir / CONFIG
     return config.exists() and "quantile_levels" in json.loads(config.read_text())
 
 
@@ -95,17 +100,46 @@ def _lr_factor(step: int, cfg: ForecastConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_forecaster(cfg: ForecastConfig, run_dir: Path) -> dict:
-    """Trains (or, for AR, fits) a forecaster; returns the metrics also written to metrics.json."""
+class ForecastTrainer:
+    """The forecaster's part of the training loop: pinball loss on random windows (a share of
+    batches decoded free-running), scored by validation MASE."""
+
+    def __init__(self, cfg: ForecastConfig, model: nn.Module, task: ForecastTask, series: list[np.ndarray],
+                 validation: list[Window], season: int) -> None:
+        self.cfg, self.model, self.task, self.validation, self.season = cfg, model, task, validation, season
+        self.sampler = WindowSampler(series, task, np.random.default_rng(cfg.seed))
+        self.free = np.random.default_rng(cfg.seed + 1)
+        self.levels = torch.tensor(cfg.quantile_levels, dtype=torch.float32)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def loss(self) -> torch.Tensor:
+        batch = self.sampler.sample(self.cfg.batch_size)
+        quantiles = self.model(
+            torch.from_numpy(batch.context), torch.from_numpy(batch.mask), torch.from_numpy(batch.decoder_inputs),
+            free_running=bool(self.free.random() < self.cfg.free_running),
+        )
+        return pinball_loss(quantiles, torch.from_numpy(batch.targets), self.levels)
+
+    def validate(self) -> dict[str, float]:
+        forecasts = forecast_windows(self.model, self.cfg, self.validation)
+        return {"validation_mase": mean_mase(self.task, self.validation, forecasts[..., point_column(self.model)], self.season)}
+
+    def rng_state(self) -> dict[str, Any]:
+        return {"windows": self.sampler.rng.bit_generator.state, "free_running": self.free.bit_generator.state}
+
+    def load_rng_state(self, state: Mapping[str, Any]) -> None:
+        self.sampler.rng.bit_generator.state = state["windows"]
+        self.free.bit_generator.state = state["free_running"]
+
+
+def train_forecaster(cfg: ForecastConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Trains (or resumes; for AR, fits) a forecaster; returns the metrics also written to metrics.json."""
     torch.set_num_threads(cfg.threads)
     if cfg.architecture == "ar" and not cfg.ar_order:
         cfg = replace(cfg, ar_order=TASKS[cfg.data].ar_order)
     if cfg.free_running is None:
         cfg = replace(cfg, free_running=TASKS[cfg.data].free_running)
-    if (run_dir / "best.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; choose another directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    resuming = start_run(run_dir, asdict(cfg), resume, _RESUMABLE)
     seed_everything(cfg.seed)
     task = TASKS[cfg.data]
     data = task.load()
@@ -114,16 +148,22 @@ def train_forecaster(cfg: ForecastConfig, run_dir: Path) -> dict:
     model = build_forecaster(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
-    history: list[dict] = []
 
     if isinstance(model, ArForecaster):
         _fit_ar(cfg, model, series)
         model.eval()
         best = mean_mase(task, validation, forecast_windows(model, cfg, validation)[..., 0], data.season_length)
-        torch.save(model.state_dict(), run_dir / "best.pt")
-        steps = 0
+        save_checkpoint(run_dir / BEST, model)
+        steps, history = 0, []
     else:
-        best, steps = _train_neural(cfg, model, task, series, validation, data.season_length, run_dir, history)
+        trainer = ForecastTrainer(cfg, model, task, series, validation, data.season_length)
+        settings = FitSettings(
+            steps=cfg.steps, lr=cfg.lr, lr_factor=lambda step: _lr_factor(step, cfg), clip_norm=cfg.clip_norm,
+            eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, score="validation_mase",
+            description=f"train {cfg.data} {cfg.architecture}",
+        )
+        state = fit(trainer, settings, run_dir, resuming)
+        best, steps, history = state.best, state.step, state.history
 
     metrics = {
         "data": cfg.data,
@@ -137,48 +177,3 @@ def train_forecaster(cfg: ForecastConfig, run_dir: Path) -> dict:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("%s %s: validation MASE %.3f", cfg.data, cfg.architecture, best)
     return metrics
-
-
-def _train_neural(
-    cfg: ForecastConfig,
-    model: nn.Module,
-    task: ForecastTask,
-    series: list[np.ndarray],
-    validation: list[Window],
-    season: int,
-    run_dir: Path,
-    history: list[dict],
-) -> tuple[float, int]:
-    sampler = WindowSampler(series, task, np.random.default_rng(cfg.seed))
-    free = np.random.default_rng(cfg.seed + 1)
-    levels = torch.tensor(cfg.quantile_levels, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best = math.inf
-    column = point_column(model)
-    progress = tqdm(total=cfg.steps, desc=f"train {cfg.data} {cfg.architecture}", unit="step")
-    for step in range(cfg.steps):
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        batch = sampler.sample(cfg.batch_size)
-        quantiles = model(
-            torch.from_numpy(batch.context), torch.from_numpy(batch.mask), torch.from_numpy(batch.decoder_inputs),
-            free_running=bool(free.random() < cfg.free_running),
-        )
-        loss = pinball_loss(quantiles, torch.from_numpy(batch.targets), levels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        optimizer.step()
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            forecasts = forecast_windows(model, cfg, validation)
-            score = mean_mase(task, validation, forecasts[..., column], season)
-            history.append({"step": step + 1, "train_loss": round(loss.item(), 5), "validation_mase": round(score, 4)})
-            progress.write(f"step {step + 1}: train pinball {loss.item():.4f}, validation MASE {score:.4f}")
-            if score < best:
-                best = score
-                torch.save(model.state_dict(), run_dir / "best.pt")
-    progress.close()
-    return best, cfg.steps

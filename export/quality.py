@@ -52,8 +52,9 @@ class QualityBar:
     max_mase_increase: float = 0.01
     # Score only the first `limit` test sentences or windows (None: the whole split).
     limit: int | None = None
-    # Translation test split; default: the source's training corpus, else data/en-de.
-    corpus: Path | None = None
+    # Translation corpus whose test split is scored (one directory or TSV file, or two aligned
+    # text files); default: the source's training corpus, else data/en-de.
+    corpus: tuple[Path, ...] | None = None
     threads: int = 2
 
 
@@ -66,16 +67,21 @@ def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> LoadedModel:
     return LoadedModel(bundle_dir, manifest, runtime, TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos), None)
 
 
+def _in_checkout(path: Path) -> Path:
+    """A training corpus recorded relative to the checkout, found from elsewhere too."""
+    return _REPO / path if not path.is_absolute() and not path.exists() and (_REPO / path).exists() else path
+
+
 def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
-    corpus = bar.corpus or Path(str(manifest.training.get("corpus") or DEFAULT_CORPUS))
-    if not corpus.is_absolute() and not corpus.exists() and (_REPO / corpus).exists():
-        corpus = _REPO / corpus  # a training corpus recorded relative to the checkout, used from elsewhere
-    if not (corpus / "test.jsonl.gz").exists():
-        raise QualityError(
-            f"no test split to check quality against: {corpus}/test.jsonl.gz is missing; pass --corpus with a "
-            f"{manifest.source_language}-{manifest.target_language} corpus directory"
-        )
-    return corpus, read_split(corpus, "test", bar.limit)
+    recorded = manifest.training.get("corpus") or DEFAULT_CORPUS
+    corpus = bar.corpus or tuple(Path(p) for p in ([recorded] if isinstance(recorded, str) else recorded))
+    corpus = tuple(_in_checkout(p) for p in corpus)
+    try:
+        pairs = read_split(corpus, "test", bar.limit)
+    except ValueError as e:
+        raise QualityError(f"no test split to check quality against: {e}; pass --corpus with a "
+                           f"{manifest.source_language}-{manifest.target_language} corpus") from None
+    return corpus[0], pairs
 
 
 def _initial_feeds(model: LoadedModel, sources: list[list[int]]) -> dict[str, np.ndarray]:

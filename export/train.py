@@ -1,8 +1,10 @@
-"""Training a translation model: token-bucketed batches, label smoothing, warm-up, checkpoints.
+"""Training a translation model: token-bucketed batches, label smoothing, warm-up, through the
+shared training loop (`seqcast.export.fit`).
 
-A run lives in one directory: `tokenizer.json` (trained on the training split at the start),
-`config.json`, `last.pt` (written every `checkpoint_every` steps, for `--resume`), `best.pt`
-(lowest dev loss) and `metrics.json` (chrF and BLEU on the test split, written at the end).
+The corpus is a built corpus directory, a TSV file or two aligned plain-text files
+(`seqcast.export.corpus`). A run lives in one directory: `tokenizer.json` (trained on the
+training split at the start), `config.json`, `last.pt`, `best.pt` (lowest dev loss) and
+`metrics.json` (chrF and BLEU on the test split, written at the end).
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ import json
 import logging
 import math
 import random
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sacrebleu
 import torch
 from tokenizers import Tokenizer
 from torch import nn
-from tqdm import tqdm
 
-from seqcast.export.config import TrainConfig
-from seqcast.export.corpus import EncodedPair, Pair, encode_pairs, encode_sources, read_split, token_batches
+from seqcast.export.config import TrainConfig, from_json
+from seqcast.export.corpus import Batch, EncodedPair, Pair, encode_pairs, encode_sources, read_split, token_batches
+from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, start_run
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
 from seqcast.server.decoding import greedy_tokens
@@ -33,14 +36,7 @@ log = logging.getLogger(__name__)
 
 SPECIAL = SpecialTokens(pad=PAD_ID, bos=BOS_ID, eos=EOS_ID)
 # Settings a resumed run may change.
-_RESUMABLE = {"steps", "eval_every", "checkpoint_every", "test_limit", "threads"}
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    best_dev_loss: float = math.inf
-    history: list[dict] = field(default_factory=list)
+_RESUMABLE = frozenset({"steps", "eval_every", "checkpoint_every", "test_limit", "threads"})
 
 
 def warmup_inverse_sqrt(step: int, warmup: int) -> float:
@@ -55,19 +51,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(run_dir: Path, checkpoint: str = "best.pt") -> tuple[nn.Module, TrainConfig, Tokenizer]:
+def load_model(run_dir: Path, checkpoint: str = BEST) -> tuple[nn.Module, TrainConfig, Tokenizer]:
     """The trained model of a run directory, in eval mode, with its config and tokenizer."""
-    cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
-    model = cfg.build_model()
-    state = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    model.eval()
+    cfg = from_json(TrainConfig, json.loads((run_dir / CONFIG).read_text()))
+    model = load_weights(cfg.build_model(), run_dir / checkpoint)
     return model, cfg, Tokenizer.from_file(str(run_dir / "tokenizer.json"))
 
 
 @torch.no_grad()
 def dev_loss(model: nn.Module, data: list[EncodedPair], batch_tokens: int) -> float:
-    model.eval()
+    """Mean cross-entropy per target token (no label smoothing); the caller sets eval mode."""
     total, tokens = 0.0, 0
     for batch in token_batches(data, batch_tokens, random.Random(0)):
         logits = model(batch.src, batch.src_mask, batch.tgt_in)
@@ -76,7 +69,6 @@ def dev_loss(model: nn.Module, data: list[EncodedPair], batch_tokens: int) -> fl
         )
         total += float(loss)
         tokens += batch.target_tokens
-    model.train()
     return total / max(tokens, 1)
 
 
@@ -96,107 +88,80 @@ def evaluate_torch(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], ma
     return score(hyps, [p.de for p in pairs])
 
 
-def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, rng: random.Random) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "state": asdict(state),
-            "rng": rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp,
-    )
-    tmp.replace(path)
+class TranslationTrainer:
+    """The translation model's part of the training loop: label-smoothed cross-entropy on
+    token-bucketed batches (bf16 autocast where the CPU has it), scored by dev loss."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, train_data: list[EncodedPair], dev_data: list[EncodedPair]) -> None:
+        self.cfg, self.model, self.train_data, self.dev_data = cfg, model, train_data, dev_data
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.98),
+        )
+        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD_ID, label_smoothing=cfg.label_smoothing)
+        self.rng = random.Random(cfg.seed)
+        self.bf16 = cfg.uses_bf16()
+        self._batches: Iterator[Batch] | None = None
+
+    def _epochs(self) -> Iterator[Batch]:
+        while True:
+            yield from token_batches(self.train_data, self.cfg.batch_tokens, self.rng)
+
+    def loss(self) -> torch.Tensor:
+        if self._batches is None:  # made on first use, so that a resumed run's RNG state applies
+            self._batches = self._epochs()
+        batch = next(self._batches)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
+        return self.criterion(logits.float().reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1))
+
+    def validate(self) -> dict[str, float]:
+        return {"dev_loss": dev_loss(self.model, self.dev_data, self.cfg.batch_tokens)}
+
+    def rng_state(self) -> dict[str, Any]:
+        return {"batches": self.rng.getstate()}
+
+    def load_rng_state(self, state: Mapping[str, Any]) -> None:
+        self.rng.setstate(state["batches"])
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     """Trains (or resumes) a run; returns the final metrics, also written to metrics.json."""
     torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    corpus = Path(cfg.corpus)
-    last = run_dir / "last.pt"
-    if resume and last.exists():
-        saved = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
-        # Only the length of the run may change on resume (to extend it); anything else would
-        # mix two experiments in one run directory.
-        changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUMABLE and asdict(saved)[k] != v)
-        if changed:
-            raise ValueError(f"--resume with settings that differ from {run_dir / 'config.json'}: {', '.join(changed)}")
-    elif last.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another directory")
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    resuming = start_run(run_dir, asdict(cfg), resume, _RESUMABLE)
     seed_everything(cfg.seed)
 
-    train_pairs = read_split(corpus, "train", cfg.train_limit)
-    dev_pairs = read_split(corpus, "dev")
+    train_pairs = read_split(cfg.corpus_paths(), "train", cfg.train_limit)
+    dev_pairs = read_split(cfg.corpus_paths(), "dev")
     tok_file = run_dir / "tokenizer.json"
-    if tok_file.exists():
+    if tok_file.exists() and resuming:
         tokenizer = Tokenizer.from_file(str(tok_file))
     else:
         log.info("training a %d-token BPE tokenizer on %d pairs", cfg.vocab_size, len(train_pairs))
         tokenizer = train_tokenizer((t for p in train_pairs for t in (p.en, p.de)), cfg.vocab_size, tok_file)
     train_data = encode_pairs(train_pairs, tokenizer, cfg.max_tokens)
     dev_data = encode_pairs(dev_pairs, tokenizer, cfg.max_tokens)
+    if not train_data or not dev_data:
+        raise ValueError(f"no training or dev pairs of at most {cfg.max_tokens} tokens in {', '.join(cfg.corpus)}")
     log.info("training on %d pairs, dev %d pairs", len(train_data), len(dev_data))
 
     model = cfg.build_model()
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
+    trainer = TranslationTrainer(cfg, model, train_data, dev_data)
+    settings = FitSettings(
+        steps=cfg.steps, lr=cfg.lr, lr_factor=lambda step: warmup_inverse_sqrt(step + 1, cfg.warmup_steps),
+        clip_norm=cfg.clip_norm, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+        score="dev_loss", description=f"train {cfg.architecture} ({n_params / 1e6:.1f}M params)",
     )
-    state, rng = TrainState(), random.Random(cfg.seed)
-    if resume and last.exists():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["state"])
-        rng.setstate(saved["rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        log.info("resumed at step %d (best dev loss %.4f)", state.step, state.best_dev_loss)
-
-    criterion = nn.CrossEntropyLoss(ignore_index=PAD_ID, label_smoothing=cfg.label_smoothing)
-    model.train()
-    progress = tqdm(total=cfg.steps, initial=state.step, desc=f"train {cfg.architecture} ({n_params / 1e6:.1f}M params)", unit="step")
-    started, tokens_seen = time.perf_counter(), 0
-    while state.step < cfg.steps:
-        for batch in token_batches(train_data, cfg.batch_tokens, rng):
-            if state.step >= cfg.steps:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * warmup_inverse_sqrt(state.step + 1, cfg.warmup_steps)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model(batch.src, batch.src_mask, batch.tgt_in)
-            loss = criterion(logits.float().reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            optimizer.step()
-            state.step += 1
-            tokens_seen += batch.target_tokens
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                dl = dev_loss(model, dev_data, cfg.batch_tokens)
-                state.history.append({"step": state.step, "train_loss": round(loss.item(), 4), "dev_loss": round(dl, 4)})
-                progress.write(f"step {state.step}: train loss {loss.item():.3f}, dev loss {dl:.3f}")
-                if dl < state.best_dev_loss:
-                    state.best_dev_loss = dl
-                    _save(run_dir / "best.pt", model, optimizer, state, rng)
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-                _save(last, model, optimizer, state, rng)
-    progress.close()
+    state = fit(trainer, settings, run_dir, resuming)
 
     model, _, _ = load_model(run_dir)
-    test_pairs = read_split(corpus, "test", cfg.test_limit)
+    test_pairs = read_split(cfg.corpus_paths(), "test", cfg.test_limit)
     metrics = {
         "steps": state.step,
-        "best_dev_loss": round(state.best_dev_loss, 4),
+        "best_dev_loss": round(state.best, 4),
         "parameters": n_params,
         "train_pairs": len(train_data),
         "test_pairs": len(test_pairs),
