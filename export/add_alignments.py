@@ -23,9 +23,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from seqcast.bundle.manifest import Manifest
 from seqcast.export.bundle import checksums
 from seqcast.export.graphs import ALIGNMENTS, default_alignment_layer, sample_inputs
-from seqcast.server.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

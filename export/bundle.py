@@ -19,14 +19,14 @@ import onnx
 import onnxruntime
 import torch
 
+from seqcast.bundle.loading import sha256
+from seqcast.bundle.manifest import MANIFEST_FILE, ExportInfo, Manifest, PrecisionInfo
 from seqcast.export.corpus import encode_sources, read_split
 from seqcast.export.graphs import graphs_for
 from seqcast.export.onnx_export import OPSET, export_pair, round_weights_fp16
 from seqcast.export.parity import TOLERANCE, check_parity
 from seqcast.export.train import SPECIAL, load_model
 from seqcast.export.transformer import Transformer
-from seqcast.server.manifest import MANIFEST_FILE, ExportInfo, Manifest, PrecisionInfo
-from seqcast.server.models import sha256
 
 log = logging.getLogger(__name__)
 

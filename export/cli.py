@@ -1,6 +1,8 @@
-"""`seqcast data|train|export|quantize|evaluate`: the export path's command-line front end.
+"""`seqcast`: one command with a subcommand per step (data, train, export, evaluate, serve).
 
-Commands import torch only when they run, so `seqcast serve` works without it.
+The export-path commands are defined here and import torch only when they run; `serve` comes
+from `seqcast.server.cli`. The server image (no torch) runs `seqcast serve` through this module,
+and the server package never imports this one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from seqcast.server.cli import LOG_FORMAT, add_serve, run_serve
 
 if TYPE_CHECKING:
     from seqcast.export.quality import QualityBar
@@ -182,9 +186,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
+    from seqcast.bundle.loading import BundleRefused
     from seqcast.export.precision import next_version_dir, quantize_bundle
     from seqcast.export.quality import QualityError
-    from seqcast.server.models import BundleRefused
 
     out = args.out or next_version_dir(args.bundle)
     try:
@@ -313,6 +317,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_evaluate_forecast(sub)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqcast", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default INFO; for serve, the log_level setting)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    add_serve(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "missing", None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "serve":
+        return run_serve(args)
+    logging.basicConfig(level=args.log_level or "INFO", format=LOG_FORMAT)
+    return run(args)
+
+
 def run(args: argparse.Namespace) -> int:
     commands = {
         "data": _run_data, "train": _run_train, "train-forecast": _run_train_forecast, "export": _run_export,
@@ -327,3 +352,7 @@ def run(args: argparse.Namespace) -> int:
                   "pip install 'seqcast[train]' (in a checkout: pip install -e '.[train]')", file=sys.stderr)
             return 2
         raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

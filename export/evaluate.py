@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.loading import Bundle, open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.export.corpus import Pair, encode_sources, read_split
-from seqcast.server.decoding import greedy_tokens
-from seqcast.server.models import LoadedModel, load_model
-from seqcast.server.runtime import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def corpus_scores(system: str, hypotheses: list[str], references: list[str], sec
     )
 
 
-def translate(model: LoadedModel, texts: list[str], batch_size: int = 32) -> list[str]:
+def translate(model: Bundle, texts: list[str], batch_size: int = 32) -> list[str]:
     """Greedy translations of `texts` by a loaded translation model, the way the server decodes."""
     sources = encode_sources(model.codec.tokenizer, texts, model.manifest.max_source_tokens)
     log.info("translating %d texts with %s", len(texts), model.name)
@@ -60,7 +60,7 @@ def translate(model: LoadedModel, texts: list[str], batch_size: int = 32) -> lis
 
 def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 32, threads: int = 2) -> list[str]:
     """Greedy translations of `texts` through the served path of a bundle."""
-    return translate(load_model(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads)), texts, batch_size)
+    return translate(open_bundle(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads)), texts, batch_size)
 
 
 def evaluate_bundle(bundle_dir: Path, pairs: list[Pair]) -> Scores:

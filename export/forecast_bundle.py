@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqcast.bundle.decoding import forecast_values
+from seqcast.bundle.manifest import ForecastSpec, Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.export.bundle import checksums, export_info, exported_precision, write_bundle
 from seqcast.export.config import ForecastConfig
 from seqcast.export.forecast_data import TASKS, Window, scaled_contexts, windows
@@ -30,9 +33,6 @@ from seqcast.export.forecasters import ArForecaster, TransformerForecaster
 from seqcast.export.graphs import GraphPair, TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair
 from seqcast.export.parity import TOLERANCE, ParityError, ParityReport, default_cases, graph_parity
-from seqcast.server.decoding import forecast_values
-from seqcast.server.manifest import ForecastSpec, Manifest
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from seqcast.bundle.scaling import MeanAbsScaler, Scale
 from seqcast.export.series import SeriesSet, load_tourism, load_vic_elec
-from seqcast.server.scaling import MeanAbsScaler, Scale
 
 @dataclass(frozen=True)
 class ForecastTask:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from seqcast.bundle.decoding import forecast_values
+from seqcast.bundle.loading import Bundle, open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
+from seqcast.bundle.scaling import scaled_context
 from seqcast.export.config import QUANTILE_LEVELS
 from seqcast.export.forecast_data import TASKS, ForecastTask, Window, windows
 from seqcast.export.forecast_metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
-from seqcast.server.decoding import forecast_values
-from seqcast.server.forecasting import scaled_context
-from seqcast.server.models import LoadedModel, load_model
-from seqcast.server.runtime import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Score:
         return f"| {self.system} | {self.mase:.3f} | {self.smape:.2f} | {wql} | {self.relative_mase:.3f} | {self.seconds:.1f} |"
 
 
-def bundle_forecasts(model: LoadedModel, items: list[Window], horizon: int, batch_rows: int = 256) -> Forecasts:
+def bundle_forecasts(model: Bundle, items: list[Window], horizon: int, batch_rows: int = 256) -> Forecasts:
     """Forecasts of every window by a loaded forecast bundle, in data units."""
     spec, scaler = model.manifest.forecast, model.scaler
     assert spec is not None and scaler is not None, f"{model.name} is not a forecast model"
@@ -111,7 +111,7 @@ def evaluate_forecasts(bundles: list[Path], data: str) -> tuple[ForecastTask, in
     items = windows(task, series, "test")
     forecasts = baseline_forecasts(task, items, series.season_length)
     for path in bundles:
-        model = load_model(path, RuntimeOptions(device="cpu"))
+        model = open_bundle(path, RuntimeOptions(device="cpu"))
         spec = model.manifest.forecast
         if spec is None or spec.max_horizon < task.horizon or spec.frequency != series.frequency:
             raise ValueError(f"{path} is not a forecast bundle for {data} (horizon {task.horizon}, frequency {series.frequency})")

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqcast.bundle.decoding import forecast_values
 from seqcast.export.config import ForecastConfig, from_json
+from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, save_checkpoint, start_run
 from seqcast.export.forecast_data import TASKS, ForecastTask, Window, WindowSampler, ar_training_windows, scaled_contexts, training_series, windows
 from seqcast.export.forecast_metrics import mase
-from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, save_checkpoint, start_run
 from seqcast.export.forecasters import ArForecaster, build_forecaster, fit_ar, pinball_loss
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.train import seed_everything
-from seqcast.server.decoding import forecast_values
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Forecasting models: transformer and LSTM-with-attention encoder-decoders, and AR(p).
 
-All three read scaled values (see `seqcast.server.scaling`) and forecast one step per decoder
+All three read scaled values (see `seqcast.bundle.scaling`) and forecast one step per decoder
 call, fed the previous step's point forecast (the last observed value at the first step):
 
 * `TransformerForecaster`: a value embedding plus sinusoidal positions, the translation

@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from seqcast.bundle.decoding import pad_batch
+from seqcast.bundle.loading import Bundle
+from seqcast.bundle.manifest import Manifest, Quality
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.scaling import MeanAbsScaler
+from seqcast.bundle.text import TextCodec
 from seqcast.export.corpus import Pair, read_split
 from seqcast.export.evaluate import corpus_scores, translate
 from seqcast.export.forecast_data import TASKS, windows
 from seqcast.export.forecast_evaluate import bundle_forecasts, window_mase
-from seqcast.server.decoding import pad_batch
-from seqcast.server.manifest import Manifest, Quality
-from seqcast.server.models import LoadedModel
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
-from seqcast.server.scaling import MeanAbsScaler
-from seqcast.server.text import TextCodec
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,13 @@ class QualityBar:
     threads: int = 2
 
 
-def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> LoadedModel:
+def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> Bundle:
     """A bundle directory's graphs and tokenizer or scaler, as the server loads them, described by
     `manifest` (which need not be written yet: a bundle being built is checked before that)."""
     runtime = OnnxModel.from_manifest(bundle_dir, manifest, RuntimeOptions(device="cpu", intra_op_threads=threads))
     if manifest.forecast is not None:
-        return LoadedModel(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
-    return LoadedModel(bundle_dir, manifest, runtime, TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos), None)
+        return Bundle(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
+    return Bundle(bundle_dir, manifest, runtime, TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos), None)
 
 
 def _in_checkout(path: Path) -> Path:
@@ -84,7 +84,7 @@ def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
     return corpus[0], pairs
 
 
-def _initial_feeds(model: LoadedModel, sources: list[list[int]]) -> dict[str, np.ndarray]:
+def _initial_feeds(model: Bundle, sources: list[list[int]]) -> dict[str, np.ndarray]:
     """Decoder inputs for a batch of sources before the first step: encoder outputs, and empty
     (KV cache) or encoder-made (RNN) state."""
     manifest, spec = model.manifest, model.manifest.decoder
@@ -102,7 +102,7 @@ def _initial_feeds(model: LoadedModel, sources: list[list[int]]) -> dict[str, np
     return feeds
 
 
-def _step(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _step(model: Bundle, feeds: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """One decoder call on new `tokens` (B, n); `mask` (B, past + n) covers past and new."""
     spec = model.manifest.decoder
     past = mask.shape[1] - tokens.shape[1]
@@ -115,7 +115,7 @@ def _step(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: np.ndarray, 
 
 
 def reference_logps(
-    model: LoadedModel, sources: list[list[int]], targets: list[list[int]], one_call: bool | None = None
+    model: Bundle, sources: list[list[int]], targets: list[list[int]], one_call: bool | None = None
 ) -> list[np.ndarray]:
     """log p of each target token, (T_i,) per pair, with the reference prefix fed (teacher
     forcing: bos + target[:-1] in, target out). Where the graph takes several new tokens
@@ -146,12 +146,12 @@ def reference_logps(
     return out
 
 
-def _token_ids(model: LoadedModel, text: str, limit: int) -> list[int]:
+def _token_ids(model: Bundle, text: str, limit: int) -> list[int]:
     ids = model.codec.tokenizer.encode(text, add_special_tokens=False).ids
     return ids[: limit - 1] + [model.manifest.special_tokens.eos]
 
 
-def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs: list[Pair], batch: int = 1) -> np.ndarray:
+def teacher_forced_deltas(reference: Bundle, candidate: Bundle, pairs: list[Pair], batch: int = 1) -> np.ndarray:
     """|log p_reference - log p_candidate| of every reference token of every pair (teacher forced).
 
     One sentence per call by default: the per-call int8 forms (`--int8-form qint8-per-tensor` and
@@ -173,7 +173,7 @@ def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs:
     return np.concatenate(deltas)
 
 
-def translation_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+def translation_quality(reference: Bundle, candidate: Bundle, bar: QualityBar) -> Quality:
     corpus, pairs = _test_pairs(reference.manifest, bar)
     references = [p.de for p in pairs]
     scores = []
@@ -199,7 +199,7 @@ def translation_quality(reference: LoadedModel, candidate: LoadedModel, bar: Qua
     )
 
 
-def forecast_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+def forecast_quality(reference: Bundle, candidate: Bundle, bar: QualityBar) -> Quality:
     data = str(reference.manifest.training.get("data") or "")
     if data not in TASKS:
         raise QualityError(f"the source bundle names no known forecast data set (training.data = {data!r}); "
@@ -238,7 +238,7 @@ def describe(quality: Quality) -> str:
     )
 
 
-def check_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+def check_quality(reference: Bundle, candidate: Bundle, bar: QualityBar) -> Quality:
     """Scores both; raises QualityError with the figures when the candidate is past the bar."""
     started = time.perf_counter()
     check = forecast_quality if reference.manifest.task == "forecast" else translation_quality

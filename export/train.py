@@ -24,13 +24,13 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.manifest import SpecialTokens
 from seqcast.export.config import TrainConfig, from_json
 from seqcast.export.corpus import Batch, EncodedPair, Pair, encode_pairs, encode_sources, read_split, token_batches
 from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, start_run
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
-from seqcast.server.decoding import greedy_tokens
-from seqcast.server.manifest import SpecialTokens
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import pytest
 
 from seqcast.client.cli import build_parser as build_client_parser
 from seqcast.client.cli import main as client_main
-from seqcast.server.cli import build_parser
-from seqcast.server.cli import main as seqcast
+from seqcast.export.cli import build_parser
+from seqcast.export.cli import main as seqcast
 
 from conftest import CORPUS, REPO
 

@@ -10,7 +10,7 @@ import pytest
 
 from seqcast.client import SeqcastClient
 from seqcast.export.corpus import HELD_OUT_SHARE, read_split
-from seqcast.server.cli import main as seqcast
+from seqcast.export.cli import main as seqcast
 
 from conftest import CORPUS, start_server
 

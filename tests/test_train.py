@@ -14,7 +14,7 @@ import torch
 
 from seqcast.export.fit import load_checkpoint
 from seqcast.export.forecast_train import ForecastTrainer, load_forecaster
-from seqcast.server.cli import main as seqcast
+from seqcast.export.cli import main as seqcast
 
 from conftest import CORPUS
 
