@@ -42,7 +42,7 @@ def _without_output(bundle: Path, work: Path) -> OnnxModel:
     """The bundle's runtime on a copy of its decoder graph without the alignments output."""
     import onnx
 
-    from seqcast.export.add_alignments import remove_output
+    from seqcast.export.translation.add_alignments import remove_output
 
     manifest = Manifest.read(bundle)
     assert manifest.decoder.alignments is not None, f"{bundle} has no alignments output to measure"
@@ -85,7 +85,7 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
 
-    from seqcast.export.corpus import read_split
+    from seqcast.export.translation.corpus import read_split
 
     model = open_bundle(args.bundle, RuntimeOptions(device="cpu", intra_op_threads=1))
     assert model.codec is not None

@@ -29,11 +29,11 @@ import torch
 from seqcast.bundle.decoding import greedy_decode, pad_batch
 from seqcast.bundle.manifest import SpecialTokens
 from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
-from seqcast.export.corpus import read_split
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair, round_weights_fp16
 from seqcast.export.quantize import convert_graph
 from seqcast.export.transformer import Transformer, TransformerConfig
+from seqcast.export.translation.corpus import read_split
 
 NEW_TOKENS = 64
 # eos = -1 is never chosen: every row runs to NEW_TOKENS.

@@ -22,8 +22,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from seqcast.bundle.decoding import greedy_tokens
 from seqcast.bundle.loading import open_bundle
 from seqcast.bundle.runtime import RuntimeOptions
-from seqcast.export.corpus import encode_sources, read_split
 from seqcast.export.quantize import fold_weights
+from seqcast.export.translation.corpus import encode_sources, read_split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -158,8 +158,8 @@ def run_cell(args: argparse.Namespace) -> None:
 
 def prepare(work: Path, shape: str, optimum_python: str | None) -> dict[str, str]:
     """Builds the checkpoint and every engine's model under `work`; returns engines left out and why."""
-    from seqcast.export.corpus import read_split
-    from seqcast.export.random_marian import RandomMarian, build_random_marian
+    from seqcast.export.translation.corpus import read_split
+    from seqcast.export.translation.random_marian import RandomMarian, build_random_marian
 
     skipped: dict[str, str] = {}
     checkpoint = work / "checkpoint"
@@ -210,9 +210,9 @@ def _without_alignments(bundle: Path, out: Path) -> None:
     import onnx
 
     from seqcast.bundle.manifest import Manifest
-    from seqcast.export.bundle import checksums
+    from seqcast.export.writing import checksums
 
-    from seqcast.export.add_alignments import remove_output
+    from seqcast.export.translation.add_alignments import remove_output
 
     shutil.copytree(bundle, out)
     onnx.save_model(remove_output(onnx.load(str(out / "decoder.onnx")), "alignments"), str(out / "decoder.onnx"))

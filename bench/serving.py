@@ -37,7 +37,7 @@ from seqcast.bundle.loading import open_bundle
 from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.client import SeqcastClient
 from seqcast.client.loadgen import LoadSummary
-from seqcast.export.corpus import read_split
+from seqcast.export.translation.corpus import read_split
 
 from served import committed_models, serve
 

@@ -73,7 +73,7 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
 
 def _run_train_forecast(args: argparse.Namespace) -> int:
     from seqcast.export.config import ForecastConfig
-    from seqcast.export.forecast_train import train_forecaster
+    from seqcast.export.forecast.train import train_forecaster
 
     fields = {f.name for f in dataclasses.fields(ForecastConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -89,7 +89,7 @@ def _run_train_forecast(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from seqcast.export.config import TrainConfig
-    from seqcast.export.train import train
+    from seqcast.export.translation.train import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
@@ -135,12 +135,12 @@ def _quality_bar(args: argparse.Namespace) -> "QualityBar":
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from seqcast.export.bundle import export_bundle
-    from seqcast.export.forecast_bundle import export_forecast_bundle
-    from seqcast.export.forecast_train import is_forecast_run
+    from seqcast.export.forecast.bundle import export_forecast_bundle
+    from seqcast.export.forecast.train import is_forecast_run
     from seqcast.export.parity import ParityError
     from seqcast.export.precision import export_at_precision
     from seqcast.export.quality import QualityError
+    from seqcast.export.translation.bundle import export_bundle
 
     def export(models_dir: Path) -> Path:
         if is_forecast_run(args.run_dir):
@@ -223,9 +223,9 @@ def _add_import_hf(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_import_hf(args: argparse.Namespace) -> int:
-    from seqcast.export.hf_checkpoint import ImportRefused
-    from seqcast.export.hf_import import import_marian
     from seqcast.export.parity import ParityError
+    from seqcast.export.translation.hf_checkpoint import ImportRefused
+    from seqcast.export.translation.hf_import import import_marian
 
     try:
         path = import_marian(
@@ -251,7 +251,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from seqcast.export import data
+    from seqcast.export.translation import data
 
     return data.main(["--sources", str(args.sources), "--out", str(args.out), "--seed", str(args.seed)])
 
@@ -268,7 +268,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from seqcast.export.evaluate import evaluate
+    from seqcast.export.translation.evaluate import evaluate
 
     scores = evaluate(args.bundles, args.corpus, args.split, args.baseline, args.limit)
     print(f"{args.split} split of {' '.join(map(str, args.corpus))}:")
@@ -291,7 +291,7 @@ def _add_evaluate_forecast(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate_forecast(args: argparse.Namespace) -> int:
-    from seqcast.export.forecast_evaluate import as_json, evaluate_forecasts, score_table
+    from seqcast.export.forecast.evaluate import as_json, evaluate_forecasts, score_table
 
     try:
         task, n, scores = evaluate_forecasts(args.bundles, args.data)

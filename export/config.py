@@ -23,7 +23,7 @@ QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class TrainConfig:
     architecture: Architecture = "transformer"
     # A built corpus directory (train/dev/test.jsonl.gz), a TSV file of source<TAB>target lines,
-    # or two aligned plain-text files (source, then target); see `seqcast.export.corpus`.
+    # or two aligned plain-text files (source, then target); see `seqcast.export.translation.corpus`.
     corpus: tuple[str, ...] = ("data/en-de",)
     # Language codes recorded in the bundle's manifest.
     source_language: str = "en"
@@ -77,8 +77,8 @@ class TrainConfig:
 
     def build_model(self) -> "torch.nn.Module":
         # Imported here: the configuration (and `seqcast --help`) must not need torch.
-        from seqcast.export.gru import GruAttention, GruConfig
         from seqcast.export.transformer import Transformer, TransformerConfig
+        from seqcast.export.translation.gru import GruAttention, GruConfig
 
         if self.architecture == "transformer":
             return Transformer(
@@ -106,7 +106,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ForecastConfig:
     """One forecasting run. Horizon, context length and split come from the data set's task
-    (`seqcast.export.forecast_data.TASKS`); the model only sees scaled values."""
+    (`seqcast.export.forecast.data.TASKS`); the model only sees scaled values."""
 
     data: ForecastData = "tourism"
     architecture: ForecastArchitecture = "transformer"

@@ -29,10 +29,10 @@ from seqcast.bundle.manifest import Manifest, Quality
 from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.bundle.scaling import MeanAbsScaler
 from seqcast.bundle.text import TextCodec
-from seqcast.export.corpus import Pair, read_split
-from seqcast.export.evaluate import corpus_scores, translate
-from seqcast.export.forecast_data import TASKS, windows
-from seqcast.export.forecast_evaluate import bundle_forecasts, window_mase
+from seqcast.export.forecast.data import TASKS, windows
+from seqcast.export.forecast.evaluate import bundle_forecasts, window_mase
+from seqcast.export.translation.corpus import Pair, read_split
+from seqcast.export.translation.evaluate import corpus_scores, translate
 
 log = logging.getLogger(__name__)
 

@@ -136,7 +136,7 @@ def _without_alignments(model: LoadedModel) -> Unsupported:
     """The refusal of alignments from `model`, with what would give it them."""
     manifest = model.manifest
     how = {
-        "transformer": "add them to the bundle with `python -m seqcast.export.add_alignments <bundle directory>` "
+        "transformer": "add them to the bundle with `python -m seqcast.export.translation.add_alignments <bundle directory>` "
                        "or export it again with `seqcast export`",
         "marian": "import the checkpoint again with `seqcast import-hf`, which adds them",
     }.get(manifest.architecture, f"only transformer bundles have them ({manifest.architecture} decoders have no single "

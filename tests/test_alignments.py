@@ -28,11 +28,11 @@ from seqcast.client import BeamSearch as ClientBeamSearch
 from seqcast.client import Sampling as ClientSampling
 from seqcast.client import SeqcastClient, SeqcastError
 from seqcast.client.cli import main as client_main
-from seqcast.export.add_alignments import add_alignments, remove_output
-from seqcast.export.bundle import checksums
-from seqcast.export.corpus import read_split
 from seqcast.export.graphs import default_alignment_layer
-from seqcast.export.train import load_model
+from seqcast.export.translation.add_alignments import add_alignments, remove_output
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.translation.train import load_model
+from seqcast.export.writing import checksums
 from seqcast.server.settings import ServerSettings
 
 from conftest import CORPUS, REPO, ServerThread, committed_models
@@ -306,7 +306,7 @@ def test_a_model_without_alignments_refuses_them_naming_the_model_and_the_fix(en
             en_de_client.translate(texts, model="en-de-plain", alignments=True)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "model en-de-plain (version 1) cannot return alignments" in refused.value.message
-    assert "python -m seqcast.export.add_alignments" in refused.value.message
+    assert "python -m seqcast.export.translation.add_alignments" in refused.value.message
 
 
 def test_client_prints_alignments_and_plots_them(en_de_client, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

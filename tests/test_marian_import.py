@@ -33,10 +33,10 @@ from seqcast.bundle.strategies import BeamSearch, BeamSequence, Finish
 from seqcast.client import BeamSearch as ClientBeamSearch
 from seqcast.client import Sampling as ClientSampling
 from seqcast.client import SeqcastClient, Translation
-from seqcast.export.corpus import read_split
-from seqcast.export.hf_import import source_model_diff
-from seqcast.export.random_marian import RandomMarian, build_random_marian
 from seqcast.export.cli import main as seqcast
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.translation.hf_import import source_model_diff
+from seqcast.export.translation.random_marian import RandomMarian, build_random_marian
 from seqcast.server.settings import ServerSettings
 
 from conftest import CORPUS, ServerThread

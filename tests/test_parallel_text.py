@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from seqcast.client import SeqcastClient
-from seqcast.export.corpus import HELD_OUT_SHARE, read_split
 from seqcast.export.cli import main as seqcast
+from seqcast.export.translation.corpus import HELD_OUT_SHARE, read_split
 
 from conftest import CORPUS, start_server
 

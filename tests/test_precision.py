@@ -23,12 +23,12 @@ from seqcast.bundle.loading import open_bundle
 from seqcast.bundle.manifest import Manifest
 from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.client import SeqcastClient
-from seqcast.export.bundle import exported_precision
-from seqcast.export.corpus import read_split
+from seqcast.export.cli import main as seqcast
 from seqcast.export.precision import quantize_bundle
 from seqcast.export.quality import QualityBar, loaded, reference_logps
 from seqcast.export.quantize import fold_weights, per_row_matmuls, weight_matmuls
-from seqcast.export.cli import main as seqcast
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.writing import exported_precision
 
 from conftest import committed_models, start_server
 

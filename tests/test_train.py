@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqcast.export.fit import load_checkpoint
-from seqcast.export.forecast_train import ForecastTrainer, load_forecaster
 from seqcast.export.cli import main as seqcast
+from seqcast.export.fit import load_checkpoint
+from seqcast.export.forecast.train import ForecastTrainer, load_forecaster
 
 from conftest import CORPUS
 

@@ -23,7 +23,7 @@ import sacrebleu
 from seqcast.bundle.decoding import greedy_tokens
 from seqcast.bundle.loading import Bundle, open_bundle
 from seqcast.bundle.runtime import RuntimeOptions
-from seqcast.export.corpus import Pair, encode_sources, read_split
+from seqcast.export.translation.corpus import Pair, encode_sources, read_split
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from seqcast.bundle.manifest import TensorSpec
 from seqcast.export.graphs import F32, I64, GraphPair, default_alignment_layer, kv_specs, split_kv
-from seqcast.export.hf_checkpoint import MarianCheckpoint
+from seqcast.export.translation.hf_checkpoint import MarianCheckpoint
 
 # Added to masked attention scores; exp() of it underflows to exactly 0 (HF adds finfo.min).
 MASK_VALUE = -1e9

@@ -1,8 +1,8 @@
-"""Turning a trained run into a bundle: graphs, tokenizer, parity figures, checksums, manifest.
+"""Turning a trained translation run into a bundle: graphs, tokenizer, parity figures, manifest.
 
-The bundle is assembled in a temporary directory beside its destination and moved into place
-only after every check passed, so a failed export never leaves a half-written bundle where the
-server would look.
+The bundle is assembled by `seqcast.export.writing` in a temporary directory beside its
+destination and moved into place only after every check passed, so a failed export never leaves
+a half-written bundle where the server would look.
 """
 
 from __future__ import annotations
@@ -10,23 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
-from datetime import datetime, timezone
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import onnx
-import onnxruntime
 import torch
 
-from seqcast.bundle.loading import sha256
-from seqcast.bundle.manifest import MANIFEST_FILE, ExportInfo, Manifest, PrecisionInfo
-from seqcast.export.corpus import encode_sources, read_split
+from seqcast.bundle.manifest import Manifest
 from seqcast.export.graphs import graphs_for
-from seqcast.export.onnx_export import OPSET, export_pair, round_weights_fp16
+from seqcast.export.onnx_export import export_pair, round_weights_fp16
 from seqcast.export.parity import TOLERANCE, check_parity
-from seqcast.export.train import SPECIAL, load_model
 from seqcast.export.transformer import Transformer
+from seqcast.export.translation.corpus import encode_sources, read_split
+from seqcast.export.translation.train import SPECIAL, load_model
+from seqcast.export.writing import checksums, export_info, exported_precision, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -40,51 +36,6 @@ def _dims(model: torch.nn.Module) -> dict[str, int]:
     if isinstance(model, Transformer):
         dims["head_dim"] = model.cfg.head_dim
     return dims
-
-
-def export_info(weights_dtype: str) -> ExportInfo:
-    return ExportInfo(
-        torch=torch.__version__,
-        onnx=onnx.__version__,
-        onnxruntime=onnxruntime.__version__,
-        opset=OPSET,
-        weights_dtype=weights_dtype,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def checksums(work: Path) -> dict[str, str]:
-    """sha256 of every file of a bundle directory but the manifest."""
-    return {f.name: sha256(f) for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
-
-
-def file_sizes(work: Path) -> dict[str, int]:
-    """Bytes of every file of a bundle directory but the manifest."""
-    return {f.name: f.stat().st_size for f in sorted(work.iterdir()) if f.name != MANIFEST_FILE}
-
-
-def exported_precision(work: Path, weights_dtype: str) -> PrecisionInfo:
-    """The precision section of a bundle straight from export: float32 compute."""
-    stored = "weights stored as float16, computed in float32" if weights_dtype == "float16" else "float32 weights"
-    return PrecisionInfo(precision="fp32", method=f"exported ({stored})", file_sizes=file_sizes(work))
-
-
-def write_bundle(destination: Path, overwrite: bool, build: Callable[[Path], Manifest]) -> Path:
-    """Runs `build(work_dir)` (write the graphs and files, check them, return the manifest) in a
-    temporary directory beside `destination`, then moves the finished bundle into place."""
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} exists; choose another --version or pass --overwrite")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}-") as tmp:
-        work = Path(tmp)
-        build(work).write(work)
-        if destination.exists():
-            shutil.rmtree(destination)
-        work.rename(destination)
-        # TemporaryDirectory cleanup expects the folder; leave an empty one for it to remove.
-        work.mkdir()
-    log.info("bundle written to %s", destination)
-    return destination
 
 
 def export_bundle(

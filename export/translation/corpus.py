@@ -27,14 +27,19 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from seqcast.export.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seqcast.export.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass(frozen=True)
 class Pair:
+    """One sentence pair: source text, its translation, and where it comes from (a package name,
+    trans-de-en, or the user's file name)."""
+
     en: str
     de: str
     source: str
+    # The unit the corpus builder splits by (a package, or one dictionary line); not written.
+    group: str = ""
 
 
 SPLITS = ("train", "dev", "test")

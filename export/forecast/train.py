@@ -25,11 +25,11 @@ from torch import nn
 from seqcast.bundle.decoding import forecast_values
 from seqcast.export.config import ForecastConfig, from_json
 from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, save_checkpoint, start_run
-from seqcast.export.forecast_data import TASKS, ForecastTask, Window, WindowSampler, ar_training_windows, scaled_contexts, training_series, windows
-from seqcast.export.forecast_metrics import mase
-from seqcast.export.forecasters import ArForecaster, build_forecaster, fit_ar, pinball_loss
+from seqcast.export.forecast.data import TASKS, ForecastTask, Window, WindowSampler, ar_training_windows, scaled_contexts, training_series, windows
+from seqcast.export.forecast.forecasters import ArForecaster, build_forecaster, fit_ar, pinball_loss
+from seqcast.export.forecast.metrics import mase
 from seqcast.export.graphs import TorchRuntime, graphs_for
-from seqcast.export.train import seed_everything
+from seqcast.export.translation.train import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 shared training loop (`seqcast.export.fit`).
 
 The corpus is a built corpus directory, a TSV file or two aligned plain-text files
-(`seqcast.export.corpus`). A run lives in one directory: `tokenizer.json` (trained on the
+(`seqcast.export.translation.corpus`). A run lives in one directory: `tokenizer.json` (trained on the
 training split at the start), `config.json`, `last.pt`, `best.pt` (lowest dev loss) and
 `metrics.json` (chrF and BLEU on the test split, written at the end).
 """
@@ -27,10 +27,10 @@ from torch import nn
 from seqcast.bundle.decoding import greedy_tokens
 from seqcast.bundle.manifest import SpecialTokens
 from seqcast.export.config import TrainConfig, from_json
-from seqcast.export.corpus import Batch, EncodedPair, Pair, encode_pairs, encode_sources, read_split, token_batches
 from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, start_run
 from seqcast.export.graphs import TorchRuntime, graphs_for
-from seqcast.export.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
+from seqcast.export.translation.corpus import Batch, EncodedPair, Pair, encode_pairs, encode_sources, read_split, token_batches
+from seqcast.export.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from seqcast.bundle.scaling import MeanAbsScaler, Scale
-from seqcast.export.series import SeriesSet, load_tourism, load_vic_elec
+from seqcast.export.forecast.series import SeriesSet, load_tourism, load_vic_elec
 
 @dataclass(frozen=True)
 class ForecastTask:

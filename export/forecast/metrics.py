@@ -6,7 +6,7 @@ relative to a baseline (DESIGN.md: "each also relative to seasonal naive"). Each
 says what a zero denominator gives.
 
 `statsforecast_baselines` fits statsforecast's SeasonalNaive and AutoETS on a train `SeriesSet`
-(see `seqcast.export.series`) and returns point forecasts and quantiles as arrays.
+(see `seqcast.export.forecast.series`) and returns point forecasts and quantiles as arrays.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqcast.export.series import SeriesSet
+from seqcast.export.forecast.series import SeriesSet
 
 __all__ = [
     "Baseline", "baselines_for", "geometric_mean_relative", "mase", "smape", "statsforecast_baselines",

@@ -26,8 +26,8 @@ from seqcast.bundle.loading import Bundle, open_bundle
 from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.bundle.scaling import scaled_context
 from seqcast.export.config import QUANTILE_LEVELS
-from seqcast.export.forecast_data import TASKS, ForecastTask, Window, windows
-from seqcast.export.forecast_metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
+from seqcast.export.forecast.data import TASKS, ForecastTask, Window, windows
+from seqcast.export.forecast.metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
 
 
 @dataclass(frozen=True)

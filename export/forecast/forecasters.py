@@ -262,7 +262,7 @@ def fit_ar(windows: Sequence[np.ndarray], order: int) -> tuple[np.ndarray, float
 def build_forecaster(cfg: ForecastConfig) -> nn.Module:
     """The untrained model of `cfg`; an AR order of 0 in `cfg` must be resolved by the caller."""
     if cfg.architecture == "transformer":
-        from seqcast.export.forecast_data import TASKS
+        from seqcast.export.forecast.data import TASKS
 
         return TransformerForecaster(cfg, TASKS[cfg.data].season_length)
     if cfg.architecture in ("lstm-additive", "lstm-dot"):

@@ -25,14 +25,14 @@ from torch import nn
 from seqcast.bundle.decoding import forecast_values
 from seqcast.bundle.manifest import ForecastSpec, Manifest
 from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
-from seqcast.export.bundle import checksums, export_info, exported_precision, write_bundle
 from seqcast.export.config import ForecastConfig
-from seqcast.export.forecast_data import TASKS, Window, scaled_contexts, windows
-from seqcast.export.forecast_train import context_length, load_forecaster, min_context, point_column
-from seqcast.export.forecasters import ArForecaster, TransformerForecaster
+from seqcast.export.forecast.data import TASKS, Window, scaled_contexts, windows
+from seqcast.export.forecast.forecasters import ArForecaster, TransformerForecaster
+from seqcast.export.forecast.train import context_length, load_forecaster, min_context, point_column
 from seqcast.export.graphs import GraphPair, TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair
 from seqcast.export.parity import TOLERANCE, ParityError, ParityReport, default_cases, graph_parity
+from seqcast.export.writing import checksums, export_info, exported_precision, write_bundle
 
 log = logging.getLogger(__name__)
 
