@@ -36,11 +36,13 @@ LAST, BEST, CONFIG = "last.pt", "best.pt", "config.json"
 
 @dataclass
 class FitState:
-    """Where a run stands: steps taken, the best validation score so far and every evaluation."""
+    """Where a run stands: steps taken, the best validation score so far, every evaluation, and
+    the seconds spent training (summed over resumed sessions)."""
 
     step: int = 0
     best: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 class Trainer(Protocol):
@@ -142,7 +144,7 @@ def fit(trainer: Trainer, settings: FitSettings, run_dir: Path, resume: bool) ->
     state = _resume(run_dir, trainer) if resume else FitState()
     model, optimizer = trainer.model, trainer.optimizer
     progress = tqdm(total=settings.steps, initial=state.step, desc=settings.description, unit="step")
-    started = time.perf_counter()
+    started, spent = time.perf_counter(), state.seconds
     while state.step < settings.steps:
         model.train()
         for group in optimizer.param_groups:
@@ -153,6 +155,7 @@ def fit(trainer: Trainer, settings: FitSettings, run_dir: Path, resume: bool) ->
         nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
         optimizer.step()
         state.step += 1
+        state.seconds = spent + time.perf_counter() - started
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}")
         last_step = state.step == settings.steps
@@ -170,5 +173,5 @@ def fit(trainer: Trainer, settings: FitSettings, run_dir: Path, resume: bool) ->
         if state.step % settings.checkpoint_every == 0 or last_step:
             save_checkpoint(run_dir / LAST, model, trainer, state)
     progress.close()
-    log.info("%s: %d steps in %.1f s", settings.description, state.step, time.perf_counter() - started)
+    log.info("%s: %d steps in %.1f s", settings.description, state.step, state.seconds)
     return state

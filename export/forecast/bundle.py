@@ -150,6 +150,7 @@ def export_forecast_bundle(
                 "data": cfg.data,
                 "config": json.loads((run_dir / "config.json").read_text()),
                 "steps": metrics.get("steps"),
+                "seconds": metrics.get("seconds"),
                 "best_validation_mase": metrics.get("best_validation_mase"),
             },
         )

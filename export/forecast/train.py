@@ -154,7 +154,7 @@ def train_forecaster(cfg: ForecastConfig, run_dir: Path, resume: bool = False) -
         model.eval()
         best = mean_mase(task, validation, forecast_windows(model, cfg, validation)[..., 0], data.season_length)
         save_checkpoint(run_dir / BEST, model)
-        steps, history = 0, []
+        steps, history, seconds = 0, [], time.perf_counter() - started
     else:
         trainer = ForecastTrainer(cfg, model, task, series, validation, data.season_length)
         settings = FitSettings(
@@ -163,14 +163,14 @@ def train_forecaster(cfg: ForecastConfig, run_dir: Path, resume: bool = False) -
             description=f"train {cfg.data} {cfg.architecture}",
         )
         state = fit(trainer, settings, run_dir, resuming)
-        best, steps, history = state.best, state.step, state.history
+        best, steps, history, seconds = state.best, state.step, state.history, state.seconds
 
     metrics = {
         "data": cfg.data,
         "architecture": cfg.architecture,
         "parameters": n_params,
         "steps": steps,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
         "best_validation_mase": round(best, 4),
         "history": history,
     }

@@ -89,6 +89,7 @@ def export_bundle(
                 "corpus": str(corpus[0]) if len(corpus) == 1 else [str(p) for p in corpus],
                 "config": json.loads((run_dir / "config.json").read_text()),
                 "steps": metrics.get("steps"),
+                "seconds": metrics.get("seconds"),
                 "best_dev_loss": metrics.get("best_dev_loss"),
                 "test_pytorch": metrics.get("test"),
             },

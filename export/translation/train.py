@@ -162,6 +162,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     metrics = {
         "steps": state.step,
         "best_dev_loss": round(state.best, 4),
+        "seconds": round(state.seconds, 1),
         "parameters": n_params,
         "train_pairs": len(train_data),
         "test_pairs": len(test_pairs),
