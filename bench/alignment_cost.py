@@ -2,7 +2,7 @@
 for, not asked for, and from the same bundle without the alignments output, at batch 1 and 16.
 
 Each cell is one whole greedy decode of exactly 64 new tokens per row (end-of-sequence held back)
-by `seqcast.server.decoding.Decoder` with the strategies the server uses: "asked" rows report
+by `seqcast.bundle.decoding.Decoder` with the strategies the server uses: "asked" rows report
 alignments (the loop reads the output and each row emits its tokens with their rows), "not
 asked" rows do not (the output is computed by the graph but never read), and "no output" runs a
 copy of the decoder graph without the output (`remove_output`), what a bundle exported before
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seqcast.server.decoding import Decoder
-from seqcast.server.manifest import Manifest
-from seqcast.server.models import LoadedModel, load_model
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
-from seqcast.server.strategies import Greedy, token_sequence
+from seqcast.bundle.decoding import Decoder
+from seqcast.bundle.loading import Bundle, open_bundle
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.strategies import Greedy, token_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 64
@@ -42,7 +42,7 @@ def _without_output(bundle: Path, work: Path) -> OnnxModel:
     """The bundle's runtime on a copy of its decoder graph without the alignments output."""
     import onnx
 
-    from seqcast.export.add_alignments import remove_output
+    from seqcast.export.translation.add_alignments import remove_output
 
     manifest = Manifest.read(bundle)
     assert manifest.decoder.alignments is not None, f"{bundle} has no alignments output to measure"
@@ -54,7 +54,7 @@ def _without_output(bundle: Path, work: Path) -> OnnxModel:
     return OnnxModel(work, manifest.encoder, decoder, RuntimeOptions(device="cpu", intra_op_threads=1))
 
 
-def decode_ms_per_token(model: LoadedModel, runtime: OnnxModel, sources: list[list[int]], asked: bool) -> float:
+def decode_ms_per_token(model: Bundle, runtime: OnnxModel, sources: list[list[int]], asked: bool) -> float:
     """One greedy decode of exactly NEW_TOKENS tokens per source; wall ms per generated token."""
     special = model.manifest.special_tokens
     sequences = [token_sequence(Greedy(), special.eos, NEW_TOKENS, min_length=NEW_TOKENS,
@@ -85,9 +85,9 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
 
-    from seqcast.export.corpus import read_split
+    from seqcast.export.translation.corpus import read_split
 
-    model = load_model(args.bundle, RuntimeOptions(device="cpu", intra_op_threads=1))
+    model = open_bundle(args.bundle, RuntimeOptions(device="cpu", intra_op_threads=1))
     assert model.codec is not None
     texts = [p.en for p in read_split(REPO / "data" / "en-de", "test", 400) if len(p.en.split()) >= 5][: max(args.batch)]
     all_sources = model.codec.encode(texts)

@@ -26,14 +26,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from seqcast.export.corpus import read_split
+from seqcast.bundle.decoding import greedy_decode, pad_batch
+from seqcast.bundle.manifest import SpecialTokens
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair, round_weights_fp16
 from seqcast.export.quantize import convert_graph
 from seqcast.export.transformer import Transformer, TransformerConfig
-from seqcast.server.decoding import greedy_decode, pad_batch
-from seqcast.server.manifest import SpecialTokens
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.export.translation.corpus import read_split
 
 NEW_TOKENS = 64
 # eos = -1 is never chosen: every row runs to NEW_TOKENS.

@@ -22,7 +22,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from seqcast.client import SeqcastClient
-from seqcast.export.forecast_data import TASKS, windows
+from seqcast.export.forecast.data import TASKS, windows
 from seqcast.server.app import create_server
 from seqcast.server.settings import ServerSettings
 

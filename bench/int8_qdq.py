@@ -19,18 +19,18 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from seqcast.export.corpus import encode_sources, read_split
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.loading import open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.export.quantize import fold_weights
-from seqcast.server.decoding import greedy_tokens
-from seqcast.server.models import load_model
-from seqcast.server.runtime import RuntimeOptions
+from seqcast.export.translation.corpus import encode_sources, read_split
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def decoder_feeds(bundle: Path, sentences: int, max_new_tokens: int) -> list[dict[str, np.ndarray]]:
     """Every decoder step's inputs while greedily translating the first dev sentences."""
-    model = load_model(bundle, RuntimeOptions(device="cpu"))
+    model = open_bundle(bundle, RuntimeOptions(device="cpu"))
     feeds: list[dict[str, np.ndarray]] = []
     step = model.runtime.step
 

@@ -63,9 +63,9 @@ def _one_thread() -> None:
 def _cell_seqcast(work: Path, sources: list[list[int]], bundle: str) -> tuple[float, list[list[int]]]:
     import numpy as np
 
-    from seqcast.server.decoding import greedy_decode
-    from seqcast.server.manifest import Manifest
-    from seqcast.server.runtime import OnnxModel, RuntimeOptions
+    from seqcast.bundle.decoding import greedy_decode
+    from seqcast.bundle.manifest import Manifest
+    from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 
     path = work / "models" / bundle / ("2" if bundle.endswith("int8") else "1")
     manifest = Manifest.read(path)
@@ -158,8 +158,8 @@ def run_cell(args: argparse.Namespace) -> None:
 
 def prepare(work: Path, shape: str, optimum_python: str | None) -> dict[str, str]:
     """Builds the checkpoint and every engine's model under `work`; returns engines left out and why."""
-    from seqcast.export.corpus import read_split
-    from seqcast.export.random_marian import RandomMarian, build_random_marian
+    from seqcast.export.translation.corpus import read_split
+    from seqcast.export.translation.random_marian import RandomMarian, build_random_marian
 
     skipped: dict[str, str] = {}
     checkpoint = work / "checkpoint"
@@ -174,7 +174,7 @@ def prepare(work: Path, shape: str, optimum_python: str | None) -> dict[str, str
     texts = [p.en for p in read_split(REPO / "data" / "en-de", "test", 200)[100:116]]
     (work / "sources.json").write_text(json.dumps(tokenizer(texts).input_ids))
     if not (work / "models" / "opus" / "1").exists():
-        _run([sys.executable, "-m", "seqcast.server.cli", "--log-level", "WARNING", "import-hf", str(checkpoint),
+        _run([sys.executable, "-m", "seqcast.export.cli", "--log-level", "WARNING", "import-hf", str(checkpoint),
               "--name", "opus", "--out", str(work / "models"), "--overwrite"])
     if not (work / "models" / "opus-noalign" / "1").exists():
         _without_alignments(work / "models" / "opus" / "1", work / "models" / "opus-noalign" / "1")
@@ -182,7 +182,7 @@ def prepare(work: Path, shape: str, optimum_python: str | None) -> dict[str, str
     if not int8.exists():
         # The guard's chrF and log-probabilities compare two random models' outputs: measured and
         # recorded, but not a bar here (trained bundles keep the default bar).
-        _run([sys.executable, "-m", "seqcast.server.cli", "--log-level", "WARNING", "quantize", str(work / "models" / "opus" / "1"),
+        _run([sys.executable, "-m", "seqcast.export.cli", "--log-level", "WARNING", "quantize", str(work / "models" / "opus" / "1"),
               "--out", str(int8), "--quality-limit", "8", "--max-chrf-drop", "100"])
     if not (work / "ctranslate2" / "model.bin").exists():
         try:
@@ -209,10 +209,10 @@ def _without_alignments(bundle: Path, out: Path) -> None:
 
     import onnx
 
-    from seqcast.export.bundle import checksums
-    from seqcast.server.manifest import Manifest
+    from seqcast.bundle.manifest import Manifest
+    from seqcast.export.writing import checksums
 
-    from seqcast.export.add_alignments import remove_output
+    from seqcast.export.translation.add_alignments import remove_output
 
     shutil.copytree(bundle, out)
     onnx.save_model(remove_output(onnx.load(str(out / "decoder.onnx")), "alignments"), str(out / "decoder.onnx"))
@@ -236,9 +236,9 @@ def alignment_cost(work: Path, batches: list[int], repeats: int) -> str:
     """Whole 64-token greedy decodes with and without the alignments output, alternating
     A, B, A, B in one process so both see the same machine load; median and min ms per token."""
     _one_thread()
-    from seqcast.server.decoding import greedy_decode
-    from seqcast.server.manifest import Manifest
-    from seqcast.server.runtime import OnnxModel, RuntimeOptions
+    from seqcast.bundle.decoding import greedy_decode
+    from seqcast.bundle.manifest import Manifest
+    from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 
     models = {}
     for name in ("opus", "opus-noalign"):

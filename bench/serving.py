@@ -32,12 +32,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.loading import open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.client import SeqcastClient
 from seqcast.client.loadgen import LoadSummary
-from seqcast.export.corpus import read_split
-from seqcast.server.decoding import greedy_tokens
-from seqcast.server.models import load_model
-from seqcast.server.runtime import RuntimeOptions
+from seqcast.export.translation.corpus import read_split
 
 from served import committed_models, serve
 
@@ -57,7 +57,7 @@ def bare_cell(batch: int, args: argparse.Namespace) -> tuple[float, float]:
     decoding exactly max_new_tokens (end-of-sequence held back), for `duration` seconds after
     `warmup`. ONNX Runtime runs on the calling thread (one intra-op thread), so its CPU time is
     the loop's."""
-    model = load_model(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
+    model = open_bundle(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
     special = model.manifest.special_tokens
     sources = model.codec.encode(texts_for_bench())
     n, i = args.max_new_tokens, 0

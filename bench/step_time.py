@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from seqcast.server.decoding import pad_batch
-from seqcast.server.manifest import Manifest
-from seqcast.server.models import LoadedModel, load_model
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.decoding import pad_batch
+from seqcast.bundle.loading import Bundle, open_bundle
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "en-de" / "1"
@@ -72,15 +72,15 @@ class Variant:
         return f"{self.label}={self.bundle}" + (f":{self.decoder}" if self.decoder else "")
 
 
-def load(variant: Variant, threads: int) -> LoadedModel:
-    model = load_model(variant.bundle, RuntimeOptions(device="cpu", intra_op_threads=threads))
+def load(variant: Variant, threads: int) -> Bundle:
+    model = open_bundle(variant.bundle, RuntimeOptions(device="cpu", intra_op_threads=threads))
     if variant.decoder is not None:
         decoder = model.manifest.decoder.model_copy(update={"file": str(variant.decoder)})
         model.runtime = OnnxModel(variant.bundle, model.manifest.encoder, decoder, RuntimeOptions(device="cpu", intra_op_threads=threads))
     return model
 
 
-def step_feeds(model: LoadedModel, batch: int, past: int, new: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+def step_feeds(model: Bundle, batch: int, past: int, new: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Decoder inputs for `batch` rows at past length `past` (random cached K/V), `new` new tokens,
     on real sentences' encoder outputs."""
     manifest, spec = model.manifest, model.manifest.decoder
@@ -100,7 +100,7 @@ def step_feeds(model: LoadedModel, batch: int, past: int, new: int = 1, seed: in
     return feeds
 
 
-def median_step(model: LoadedModel, feeds: dict[str, np.ndarray], repeats: int) -> float:
+def median_step(model: Bundle, feeds: dict[str, np.ndarray], repeats: int) -> float:
     """Median seconds of one decoder step over `repeats` calls, after two warm-up calls."""
     for _ in range(2):
         model.runtime.step(feeds)

@@ -1,6 +1,8 @@
-"""`seqcast data|train|export|quantize|evaluate`: the export path's command-line front end.
+"""`seqcast`: one command with a subcommand per step (data, train, export, evaluate, serve).
 
-Commands import torch only when they run, so `seqcast serve` works without it.
+The export-path commands are defined here and import torch only when they run; `serve` comes
+from `seqcast.server.cli`. The server image (no torch) runs `seqcast serve` through this module,
+and the server package never imports this one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from seqcast.server.cli import LOG_FORMAT, add_serve, run_serve
 
 if TYPE_CHECKING:
     from seqcast.export.config import ForecastConfig
@@ -31,7 +35,8 @@ TRAIN_MODULES = frozenset({
 
 
 def _config_flags(p: argparse.ArgumentParser, config: type, skip: frozenset[str] = frozenset()) -> None:
-    """One flag per field of a config dataclass, typed from its annotation (`int | None` takes an int)."""
+    """One flag per field of a config dataclass but those in `skip`, typed from its annotation
+    (`int | None` takes an int, `bool | None` is --x/--no-x, unset by default)."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         if f.name in skip:
@@ -39,7 +44,7 @@ def _config_flags(p: argparse.ArgumentParser, config: type, skip: frozenset[str]
         flag, kind = f"--{f.name.replace('_', '-')}", hints[f.name]
         if typing.get_origin(kind) is tuple:
             p.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=f.default)
-        elif kind is bool:
+        elif kind is bool or typing.get_args(kind) == (bool, type(None)):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, choices=typing.get_args(kind), default=f.default)
@@ -51,7 +56,8 @@ def _config_flags(p: argparse.ArgumentParser, config: type, skip: frozenset[str]
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from seqcast.export.config import TrainConfig
 
-    p = sub.add_parser("train", help="train a translation model (progress bar, dev loss, checkpoints, resume)")
+    p = sub.add_parser("train", help="train a translation model on a built corpus, a TSV file or two aligned text "
+                                     "files (progress bar, dev loss, checkpoints, resume)")
     p.add_argument("--run-dir", type=Path, required=True, help="where checkpoints, tokenizer and metrics go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     _config_flags(p, TrainConfig)
@@ -64,7 +70,8 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
         "train-forecast",
         help="train a forecaster (transformer, LSTM with attention) or fit AR(p) on tourism, vic_elec or your own CSV",
     )
-    p.add_argument("--run-dir", type=Path, required=True, help="where the checkpoint, config and metrics go")
+    p.add_argument("--run-dir", type=Path, required=True, help="where the checkpoints, config and metrics go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     _config_flags(p, ForecastConfig, skip=frozenset({"data", "csv"}))
     _data_flags(p)
 
@@ -91,8 +98,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 def _data_config(args: argparse.Namespace, **fields: object) -> "ForecastConfig":
     """The config of --data or --csv (the CSV's settings inferred where not given), with `fields`."""
     from seqcast.export.config import CsvSource, ForecastConfig
-    from seqcast.export.forecast_csv import resolve
-    from seqcast.export.forecast_data import forecast_task
+    from seqcast.export.forecast.csv_source import resolve
+    from seqcast.export.forecast.data import forecast_task
 
     csv_only = {"--column": args.column, "--id-column": args.id_column, "--value-column": args.value_column,
                 "--time-column": args.time_column, "--frequency": args.frequency,
@@ -115,13 +122,13 @@ def _data_config(args: argparse.Namespace, **fields: object) -> "ForecastConfig"
 
 def _run_train_forecast(args: argparse.Namespace) -> int:
     from seqcast.export.config import ForecastConfig
-    from seqcast.export.forecast_train import train_forecaster
+    from seqcast.export.forecast.train import train_forecaster
 
     fields = {f.name for f in dataclasses.fields(ForecastConfig)} - {"data", "csv"}
     values = {k: v for k, v in vars(args).items() if k in fields}
     try:
         cfg = _data_config(args, **{**values, "quantile_levels": tuple(values["quantile_levels"])})
-        metrics = train_forecaster(cfg, args.run_dir)
+        metrics = train_forecaster(cfg, args.run_dir, resume=args.resume)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -137,8 +144,8 @@ def _run_train_forecast(args: argparse.Namespace) -> int:
 def _print_scores(cfg: "ForecastConfig", bundles: Sequence[Path] = (), runs: Sequence[Path] = (),
                   json_path: Path | None = None, limit: int | None = None) -> None:
     """The test-window table of the baselines and the given bundles and runs on cfg's task."""
-    from seqcast.export.forecast_data import forecast_task
-    from seqcast.export.forecast_evaluate import as_json, evaluate_forecasts, score_table
+    from seqcast.export.forecast.data import forecast_task
+    from seqcast.export.forecast.evaluate import as_json, evaluate_forecasts, score_table
 
     task = forecast_task(cfg)
     n, scores = evaluate_forecasts(task, bundles, runs, limit)
@@ -150,11 +157,11 @@ def _print_scores(cfg: "ForecastConfig", bundles: Sequence[Path] = (), runs: Seq
 
 def _run_train(args: argparse.Namespace) -> int:
     from seqcast.export.config import TrainConfig
-    from seqcast.export.train import train
+    from seqcast.export.translation.train import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         metrics = train(cfg, args.run_dir, resume=args.resume)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -183,23 +190,25 @@ def _quality_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-mase-increase", type=float, default=0.01,
                    help="forecast: the most relative MASE increase (0.01 = 1%%) against float32 on the test windows")
     p.add_argument("--quality-limit", type=int, help="score only the first N test sentences or windows")
-    p.add_argument("--corpus", type=Path, help="translation corpus with a test split, for parity and the quality guard (default: the training corpus)")
+    p.add_argument("--corpus", type=Path, nargs="+",
+                   help="translation corpus whose test split checks parity and quality: a corpus directory or TSV "
+                        "file, or two aligned text files (default: the training corpus)")
 
 
 def _quality_bar(args: argparse.Namespace) -> "QualityBar":
     from seqcast.export.quality import QualityBar
 
     return QualityBar(max_chrf_drop=args.max_chrf_drop, max_mase_increase=args.max_mase_increase,
-                      limit=args.quality_limit, corpus=args.corpus)
+                      limit=args.quality_limit, corpus=tuple(args.corpus) if args.corpus else None)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from seqcast.export.bundle import export_bundle
-    from seqcast.export.forecast_bundle import export_forecast_bundle
-    from seqcast.export.forecast_train import is_forecast_run
+    from seqcast.export.forecast.bundle import export_forecast_bundle
+    from seqcast.export.forecast.train import is_forecast_run
     from seqcast.export.parity import ParityError
     from seqcast.export.precision import export_at_precision
     from seqcast.export.quality import QualityError
+    from seqcast.export.translation.bundle import export_bundle
 
     def export(models_dir: Path) -> Path:
         if is_forecast_run(args.run_dir):
@@ -245,9 +254,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
+    from seqcast.bundle.loading import BundleRefused
     from seqcast.export.precision import next_version_dir, quantize_bundle
     from seqcast.export.quality import QualityError
-    from seqcast.server.models import BundleRefused
 
     out = args.out or next_version_dir(args.bundle)
     try:
@@ -282,9 +291,9 @@ def _add_import_hf(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_import_hf(args: argparse.Namespace) -> int:
-    from seqcast.export.hf_checkpoint import ImportRefused
-    from seqcast.export.hf_import import import_marian
     from seqcast.export.parity import ParityError
+    from seqcast.export.translation.hf_checkpoint import ImportRefused
+    from seqcast.export.translation.hf_import import import_marian
 
     try:
         path = import_marian(
@@ -310,7 +319,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from seqcast.export import data
+    from seqcast.export.translation import data
 
     return data.main(["--sources", str(args.sources), "--out", str(args.out), "--seed", str(args.seed)])
 
@@ -318,7 +327,8 @@ def _run_data(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="chrF and BLEU of bundles on a corpus split, decoded the way the server does")
     p.add_argument("bundles", type=Path, nargs="*", help="bundle directories, e.g. models/en-de/1")
-    p.add_argument("--corpus", type=Path, default=Path("data/en-de"))
+    p.add_argument("--corpus", type=Path, nargs="+", default=[Path("data/en-de")],
+                   help="a corpus directory or TSV file, or two aligned text files (default: data/en-de)")
     p.add_argument("--split", default="test", choices=["dev", "test"])
     p.add_argument("--limit", type=int, help="score only the first N sentences")
     p.add_argument("--baseline", action="store_true", help="also score nearest-neighbour retrieval from the training split")
@@ -326,10 +336,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from seqcast.export.evaluate import evaluate
+    from seqcast.export.translation.evaluate import evaluate
 
     scores = evaluate(args.bundles, args.corpus, args.split, args.baseline, args.limit)
-    print(f"{args.split} split of {args.corpus}:")
+    print(f"{args.split} split of {' '.join(map(str, args.corpus))}:")
     print("| system | chrF | BLEU | sentences | seconds |\n|---|---|---|---|---|")
     for s in scores:
         print(s.row())
@@ -351,6 +361,7 @@ def _add_evaluate_forecast(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate_forecast(args: argparse.Namespace) -> int:
+
     try:
         if args.data is None and args.csv is None:
             raise ValueError("name the test windows: --data tourism|vic_elec or --csv FILE")
@@ -376,6 +387,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_evaluate_forecast(sub)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqcast", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default INFO; for serve, the log_level setting)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    add_serve(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "missing", None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "serve":
+        return run_serve(args)
+    logging.basicConfig(level=args.log_level or "INFO", format=LOG_FORMAT)
+    return run(args)
+
+
 def run(args: argparse.Namespace) -> int:
     commands = {
         "data": _run_data, "train": _run_train, "train-forecast": _run_train_forecast, "export": _run_export,
@@ -390,3 +422,7 @@ def run(args: argparse.Namespace) -> int:
                   "pip install 'seqcast[train]' (in a checkout: pip install -e '.[train]')", file=sys.stderr)
             return 2
         raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

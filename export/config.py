@@ -5,8 +5,9 @@ Free of torch imports so that the command line (and the torch-free server image)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +23,12 @@ QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 @dataclass(frozen=True)
 class TrainConfig:
     architecture: Architecture = "transformer"
-    corpus: str = "data/en-de"
+    # A built corpus directory (train/dev/test.jsonl.gz), a TSV file of source<TAB>target lines,
+    # or two aligned plain-text files (source, then target); see `seqcast.export.translation.corpus`.
+    corpus: tuple[str, ...] = ("data/en-de",)
+    # Language codes recorded in the bundle's manifest.
+    source_language: str = "en"
+    target_language: str = "de"
     # Model size (transformer: d_model/heads/layers/d_ff; GRU: embed/hidden from d_model).
     vocab_size: int = 8000
     d_model: int = 256
@@ -41,8 +47,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     # bf16 autocast for the forward pass (float32 master weights): about 2x faster on CPUs with
-    # AVX-512 BF16 or AMX, slower on CPUs without.
-    bf16: bool = True
+    # AVX-512 BF16 or AMX, about 2x slower on CPUs without. None: on where the CPU has them.
+    bf16: bool | None = None
     seed: int = 0
     # Book-keeping.
     eval_every: int = 1000
@@ -53,10 +59,27 @@ class TrainConfig:
     test_limit: int | None = None
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "corpus", tuple(str(p) for p in self.corpus))
+        if len(self.corpus) not in (1, 2):
+            raise ValueError(f"--corpus takes one path (a corpus directory or a TSV file) or two aligned "
+                             f"text files (source, target), not {len(self.corpus)}")
+
+    def corpus_paths(self) -> list[Path]:
+        return [Path(p) for p in self.corpus]
+
+    def uses_bf16(self) -> bool:
+        """Whether training autocasts to bf16: as set, or where the CPU computes bf16 natively."""
+        if self.bf16 is not None:
+            return self.bf16
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
     def build_model(self) -> "torch.nn.Module":
         # Imported here: the configuration (and `seqcast --help`) must not need torch.
-        from seqcast.export.gru import GruAttention, GruConfig
         from seqcast.export.transformer import Transformer, TransformerConfig
+        from seqcast.export.translation.gru import GruAttention, GruConfig
 
         if self.architecture == "transformer":
             return Transformer(
@@ -96,7 +119,7 @@ class CsvSource:
     # The ISO 8601 time stamps (wide: found when None; long: required for training).
     time_column: str | None = None
     # None: inferred (frequency from the time stamps, season and horizon from the frequency;
-    # see `seqcast.export.forecast_csv`).
+    # see `seqcast.export.forecast.csv_source`).
     frequency: str | None = None
     season_length: int | None = None
     horizon: int | None = None
@@ -115,7 +138,7 @@ class CsvSource:
 @dataclass(frozen=True)
 class ForecastConfig:
     """One forecasting run. Horizon, context length and split come from the data set's task
-    (`seqcast.export.forecast_data.forecast_task`); the model only sees scaled values."""
+    (`seqcast.export.forecast.data.forecast_task`); the model only sees scaled values."""
 
     data: ForecastData = "tourism"
     # The CSV file read when data is "csv", and only then.
@@ -142,20 +165,22 @@ class ForecastConfig:
     clip_norm: float = 1.0
     seed: int = 0
     eval_every: int = 250
+    checkpoint_every: int = 250
     threads: int = 2
 
     def __post_init__(self) -> None:
         if (self.data == "csv") != (self.csv is not None):
             raise ValueError("a CSV source goes with data 'csv' and data 'csv' needs one (--csv FILE)")
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ForecastConfig:
-        """The config a run's config.json (or a bundle's training.config) holds."""
-        values = dict(raw)
-        if "quantile_levels" in values:
-            values["quantile_levels"] = tuple(values["quantile_levels"])
-        if values.get("csv") is not None:
-            csv = dict(values["csv"])
-            csv["columns"] = tuple(csv.get("columns", ()))
-            values["csv"] = CsvSource(**csv)
-        return cls(**values)
+
+Config = TypeVar("Config", TrainConfig, ForecastConfig, CsvSource)
+
+
+def from_json(config: type[Config], raw: dict[str, Any]) -> Config:
+    """A config as saved in a run's config.json: lists back to tuples, unknown keys ignored, a
+    forecast run's CSV source back to a `CsvSource`."""
+    known = {f.name for f in fields(config)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
+    if isinstance(values.get("csv"), dict):
+        values["csv"] = from_json(CsvSource, values["csv"])
+    return config(**values)

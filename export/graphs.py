@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seqcast.export.forecasters import ArForecaster, LstmForecaster, TransformerForecaster
-from seqcast.export.gru import GruAttention
+from seqcast.bundle.manifest import DecoderSpec, EncoderSpec, StateSpec, StaticSpec, TensorSpec
+from seqcast.export.forecast.forecasters import ArForecaster, LstmForecaster, TransformerForecaster
 from seqcast.export.transformer import Transformer
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, StateSpec, StaticSpec, TensorSpec
+from seqcast.export.translation.gru import GruAttention
 
 I64, F32 = "int64", "float32"
 

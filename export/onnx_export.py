@@ -23,8 +23,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from seqcast.bundle.manifest import TensorSpec
 from seqcast.export.graphs import GraphPair, sample_inputs
-from seqcast.server.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 

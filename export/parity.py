@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.manifest import Parity, SpecialTokens, TensorSpec
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.export.graphs import GraphPair, TorchRuntime, sample_inputs
-from seqcast.server.decoding import greedy_tokens
-from seqcast.server.manifest import Parity, SpecialTokens, TensorSpec
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from seqcast.export.bundle import checksums, export_info, file_sizes, write_bundle
+from seqcast.bundle.loading import verify_bundle
+from seqcast.bundle.manifest import Manifest, PrecisionInfo
+from seqcast.bundle.runtime import BundleMismatch
 from seqcast.export.quality import QualityBar, check_quality, loaded
 from seqcast.export.quantize import DEFAULT_INT8_FORM, FP16_METHOD, PRECISIONS, GraphConversion, Precision, convert_graph, int8_method
-from seqcast.server.manifest import Manifest, PrecisionInfo
-from seqcast.server.models import verify_bundle
-from seqcast.server.runtime import BundleMismatch
+from seqcast.export.writing import checksums, export_info, file_sizes, write_bundle
 
 log = logging.getLogger(__name__)
 

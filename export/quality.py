@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from seqcast.export.corpus import Pair, read_split
-from seqcast.export.evaluate import corpus_scores, translate
-from seqcast.export.config import ForecastConfig
-from seqcast.export.forecast_data import TASKS, forecast_task, windows
-from seqcast.export.forecast_evaluate import bundle_forecasts, window_mase
-from seqcast.server.decoding import pad_batch
-from seqcast.server.manifest import Manifest, Quality
-from seqcast.server.models import LoadedModel
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
-from seqcast.server.scaling import MeanAbsScaler
-from seqcast.server.text import TextCodec
+from seqcast.bundle.decoding import pad_batch
+from seqcast.bundle.loading import Bundle
+from seqcast.bundle.manifest import Manifest, Quality
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.scaling import MeanAbsScaler
+from seqcast.bundle.text import TextCodec
+from seqcast.export.config import ForecastConfig, from_json
+from seqcast.export.forecast.data import TASKS, forecast_task, windows
+from seqcast.export.forecast.evaluate import bundle_forecasts, window_mase
+from seqcast.export.translation.corpus import Pair, read_split
+from seqcast.export.translation.evaluate import corpus_scores, translate
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +53,39 @@ class QualityBar:
     max_mase_increase: float = 0.01
     # Score only the first `limit` test sentences or windows (None: the whole split).
     limit: int | None = None
-    # Translation test split; default: the source's training corpus, else data/en-de.
-    corpus: Path | None = None
+    # Translation corpus whose test split is scored (one directory or TSV file, or two aligned
+    # text files); default: the source's training corpus, else data/en-de.
+    corpus: tuple[Path, ...] | None = None
     threads: int = 2
 
 
-def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> LoadedModel:
+def loaded(bundle_dir: Path, manifest: Manifest, threads: int) -> Bundle:
     """A bundle directory's graphs and tokenizer or scaler, as the server loads them, described by
     `manifest` (which need not be written yet: a bundle being built is checked before that)."""
     runtime = OnnxModel.from_manifest(bundle_dir, manifest, RuntimeOptions(device="cpu", intra_op_threads=threads))
     if manifest.forecast is not None:
-        return LoadedModel(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
-    return LoadedModel(bundle_dir, manifest, runtime, TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos), None)
+        return Bundle(bundle_dir, manifest, runtime, None, MeanAbsScaler.from_manifest(manifest.forecast.scaling))
+    return Bundle(bundle_dir, manifest, runtime, TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos), None)
+
+
+def _in_checkout(path: Path) -> Path:
+    """A training corpus recorded relative to the checkout, found from elsewhere too."""
+    return _REPO / path if not path.is_absolute() and not path.exists() and (_REPO / path).exists() else path
 
 
 def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
-    corpus = bar.corpus or Path(str(manifest.training.get("corpus") or DEFAULT_CORPUS))
-    if not corpus.is_absolute() and not corpus.exists() and (_REPO / corpus).exists():
-        corpus = _REPO / corpus  # a training corpus recorded relative to the checkout, used from elsewhere
-    if not (corpus / "test.jsonl.gz").exists():
-        raise QualityError(
-            f"no test split to check quality against: {corpus}/test.jsonl.gz is missing; pass --corpus with a "
-            f"{manifest.source_language}-{manifest.target_language} corpus directory"
-        )
-    return corpus, read_split(corpus, "test", bar.limit)
+    recorded = manifest.training.get("corpus") or DEFAULT_CORPUS
+    corpus = bar.corpus or tuple(Path(p) for p in ([recorded] if isinstance(recorded, str) else recorded))
+    corpus = tuple(_in_checkout(p) for p in corpus)
+    try:
+        pairs = read_split(corpus, "test", bar.limit)
+    except ValueError as e:
+        raise QualityError(f"no test split to check quality against: {e}; pass --corpus with a "
+                           f"{manifest.source_language}-{manifest.target_language} corpus") from None
+    return corpus[0], pairs
 
 
-def _initial_feeds(model: LoadedModel, sources: list[list[int]]) -> dict[str, np.ndarray]:
+def _initial_feeds(model: Bundle, sources: list[list[int]]) -> dict[str, np.ndarray]:
     """Decoder inputs for a batch of sources before the first step: encoder outputs, and empty
     (KV cache) or encoder-made (RNN) state."""
     manifest, spec = model.manifest, model.manifest.decoder
@@ -97,7 +103,7 @@ def _initial_feeds(model: LoadedModel, sources: list[list[int]]) -> dict[str, np
     return feeds
 
 
-def _step(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _step(model: Bundle, feeds: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """One decoder call on new `tokens` (B, n); `mask` (B, past + n) covers past and new."""
     spec = model.manifest.decoder
     past = mask.shape[1] - tokens.shape[1]
@@ -110,7 +116,7 @@ def _step(model: LoadedModel, feeds: dict[str, np.ndarray], tokens: np.ndarray, 
 
 
 def reference_logps(
-    model: LoadedModel, sources: list[list[int]], targets: list[list[int]], one_call: bool | None = None
+    model: Bundle, sources: list[list[int]], targets: list[list[int]], one_call: bool | None = None
 ) -> list[np.ndarray]:
     """log p of each target token, (T_i,) per pair, with the reference prefix fed (teacher
     forcing: bos + target[:-1] in, target out). Where the graph takes several new tokens
@@ -141,12 +147,12 @@ def reference_logps(
     return out
 
 
-def _token_ids(model: LoadedModel, text: str, limit: int) -> list[int]:
+def _token_ids(model: Bundle, text: str, limit: int) -> list[int]:
     ids = model.codec.tokenizer.encode(text, add_special_tokens=False).ids
     return ids[: limit - 1] + [model.manifest.special_tokens.eos]
 
 
-def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs: list[Pair], batch: int = 1) -> np.ndarray:
+def teacher_forced_deltas(reference: Bundle, candidate: Bundle, pairs: list[Pair], batch: int = 1) -> np.ndarray:
     """|log p_reference - log p_candidate| of every reference token of every pair (teacher forced).
 
     One sentence per call by default: the per-call int8 forms (`--int8-form qint8-per-tensor` and
@@ -168,7 +174,7 @@ def teacher_forced_deltas(reference: LoadedModel, candidate: LoadedModel, pairs:
     return np.concatenate(deltas)
 
 
-def translation_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+def translation_quality(reference: Bundle, candidate: Bundle, bar: QualityBar) -> Quality:
     corpus, pairs = _test_pairs(reference.manifest, bar)
     references = [p.de for p in pairs]
     scores = []
@@ -194,14 +200,14 @@ def translation_quality(reference: LoadedModel, candidate: LoadedModel, bar: Qua
     )
 
 
-def forecast_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+def forecast_quality(reference: Bundle, candidate: Bundle, bar: QualityBar) -> Quality:
     training = reference.manifest.training
     data = str(training.get("data") or "")
     if data not in [*TASKS, "csv"]:
         raise QualityError(f"the source bundle names no known forecast data set (training.data = {data!r}); "
                            f"known: {[*sorted(TASKS), 'csv']}")
     # The training config rebuilds the task (a CSV run's file and settings); older bundles name the data only.
-    task = forecast_task(ForecastConfig.from_dict(training.get("config") or {"data": data}))
+    task = forecast_task(from_json(ForecastConfig, training.get("config") or {"data": data}))
     series = task.load()
     items = windows(task, series, "test")[: bar.limit]
     mean = [
@@ -235,7 +241,7 @@ def describe(quality: Quality) -> str:
     )
 
 
-def check_quality(reference: LoadedModel, candidate: LoadedModel, bar: QualityBar) -> Quality:
+def check_quality(reference: Bundle, candidate: Bundle, bar: QualityBar) -> Quality:
     """Scores both; raises QualityError with the figures when the candidate is past the bar."""
     started = time.perf_counter()
     check = forecast_quality if reference.manifest.task == "forecast" else translation_quality

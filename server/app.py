@@ -24,15 +24,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.inference import grpc_service_pb2_grpc as inference_grpc
 from seqcast.server import metrics, reflection
 from seqcast.server.health import SERVICES, Health
 from seqcast.server.http import HttpServer, start_http
-from seqcast.server.malformed import MalformedRequests
 from seqcast.server.kserve import InferenceServicer
+from seqcast.server.malformed import MalformedRequests
 from seqcast.server.metrics import MetricsServer
 from seqcast.server.models import ModelRegistry
-from seqcast.server.runtime import RuntimeOptions
 from seqcast.server.scheduler import SchedulerLimits
 from seqcast.server.service import ForecastingServicer, ModelsServicer, TranslationServicer
 from seqcast.server.settings import ServerSettings

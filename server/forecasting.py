@@ -1,7 +1,7 @@
 """Forecast requests, the task layer: validate, scale, decode on the model's scheduler, unscale.
 
 Builds on `seqcast.server.scheduler` (admission and the request handle) and
-`seqcast.server.scaling`.
+`seqcast.bundle.scaling`.
 
 Each series is cut to the model's context length (its last values), scaled with the bundle's
 scaler fitted on that context, forecast through the same decoding loop as translation (the
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqcast.bundle.scaling import MeanAbsScaler, Scale, scaled_context
+from seqcast.bundle.strategies import ForecastSequence
+from seqcast.bundle.strategies import Sequence as DecodingSequence
 from seqcast.server.errors import DeadlineExceeded, InvalidArgument
 from seqcast.server.models import LoadedModel
-from seqcast.server.manifest import ForecastSpec
-from seqcast.server.scaling import MeanAbsScaler, Scale
 from seqcast.server.scheduler import RequestHandle, Work
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import ForecastSequence
-from seqcast.server.strategies import Sequence as DecodingSequence
 
 # Values beyond this magnitude are refused: models compute in float32 (largest ~3.4e38), and a
 # value this large is a unit or parsing error far more often than a measurement.
@@ -64,13 +63,6 @@ def _check_values(index: int, values: np.ndarray) -> None:
             f"series[{index}].values[{j}] is {values[j]:g}: values must lie within ±{MAX_ABS_VALUE:g}; check the units",
             f"series[{index}].values[{j}]",
         )
-
-
-def scaled_context(values: np.ndarray, spec: ForecastSpec, scaler: MeanAbsScaler) -> tuple[np.ndarray, Scale]:
-    """The last `context_length` values of a series, scaled by a fit on them (float32), and the fit."""
-    context = np.asarray(values, dtype=np.float64)[-spec.context_length :]
-    scale = scaler.fit(context)
-    return scaler.transform(context, scale).astype(np.float32), scale
 
 
 async def prepare(

@@ -47,6 +47,7 @@ from math import prod
 import grpc
 import numpy as np
 
+from seqcast.bundle.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 from seqcast.inference import grpc_service_pb2 as pb
 from seqcast.inference import grpc_service_pb2_grpc as pb_grpc
 from seqcast.server import forecasting, metrics, translation
@@ -54,7 +55,6 @@ from seqcast.server.errors import InvalidArgument, ModelNotFound, ServingError, 
 from seqcast.server.models import LoadedModel, ModelRegistry
 from seqcast.server.service import abort, status_of
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 
 log = logging.getLogger(__name__)
 

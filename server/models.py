@@ -1,160 +1,46 @@
-"""Loading bundles and the registry of served models: every read checked, one scheduler per model.
+"""The registry of served models: one scheduler per model, versions loaded and drained live.
 
-Builds on `seqcast.server.repository` (which folders are versions, highest first). Per model
-name the highest version that passes every check serves: a manifest that can be read, is UTF-8
-JSON, has a `format_version` this server reads, validates, and names the model and version of
-its folders; every file present, readable and matching its sha256; a tokenizer that parses or a
-scaling this server applies; graphs that match the manifest. A bundle that fails a check is
-refused with one log line naming the file and the reason, the next version down is tried, and
-the other models load and serve. Nothing a bundle holds stops the server from starting.
+Builds on `seqcast.server.repository` (which folders are versions, highest first) and
+`seqcast.bundle.loading` (every check a bundle must pass). Per model name the highest version
+that passes every check, and names the model and version of its folders, serves. A bundle that
+fails a check is refused with one log line naming the file and the reason, the next version down
+is tried, and the other models load and serve. Nothing a bundle holds stops the server from
+starting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
-
+from seqcast.bundle.loading import Bundle, BundleRefused, open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.server import metrics
 from seqcast.server.errors import InvalidArgument, ModelNotFound, shown
-from seqcast.server.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
-from seqcast.server.repository import Fingerprint, ModelFolder, Repository, fingerprint, reason
-from seqcast.server.runtime import BundleMismatch, OnnxModel, RuntimeOptions
-from seqcast.server.scaling import MeanAbsScaler
+from seqcast.server.repository import Fingerprint, ModelFolder, Repository, fingerprint
 from seqcast.server.scheduler import Scheduler, SchedulerLimits
-from seqcast.server.text import TextCodec
 
 Task = Literal["translation", "forecast"]
 
 log = logging.getLogger(__name__)
 
 
-class BundleRefused(Exception):
-    """A bundle that must not be served; the message names the file at fault and says why."""
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file, as recorded in manifests."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(bundle_dir: Path) -> Manifest:
-    """The bundle's manifest; raises BundleRefused when it can't be read, isn't UTF-8 JSON, has a
-    format_version this server does not read, or isn't a valid manifest."""
-    try:
-        data = (bundle_dir / MANIFEST_FILE).read_bytes()
-    except FileNotFoundError:
-        raise BundleRefused(f"no {MANIFEST_FILE}") from None
-    except OSError as e:
-        raise BundleRefused(f"cannot read {MANIFEST_FILE}: {reason(e)}") from None
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise BundleRefused(f"{MANIFEST_FILE} is not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise BundleRefused(f"{MANIFEST_FILE} is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise BundleRefused(f"{MANIFEST_FILE} nests too deeply to read") from None
-    if not isinstance(raw, dict):
-        raise BundleRefused(f"{MANIFEST_FILE} is not a JSON object")
-    found = raw.get("format_version", FORMAT_VERSION)
-    if found != FORMAT_VERSION:
-        raise BundleRefused(f"{MANIFEST_FILE} has format_version {json.dumps(found)[:20]}; this server reads {FORMAT_VERSION}")
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise BundleRefused(f"{MANIFEST_FILE} is not a valid manifest: {e.error_count()} problems, first: {where}: {first['msg']}") from None
-
-
-def verify_bundle(bundle_dir: Path) -> Manifest:
-    """Reads the manifest and checks every file's sha256; raises BundleRefused on any problem."""
-    manifest = read_manifest(bundle_dir)
-    needed = {manifest.encoder.file, manifest.decoder.file} | {f for f in (manifest.tokenizer, manifest.target_tokenizer) if f}
-    if missing := needed - set(manifest.files):
-        raise BundleRefused(f"{MANIFEST_FILE} lists no checksum for {sorted(missing)}")
-    for name, expected in manifest.files.items():
-        if name in ("", ".", "..") or Path(name).name != name:
-            raise BundleRefused(f"{MANIFEST_FILE} names {name[:80]!r}: bundle files are plain names inside the bundle")
-        path = bundle_dir / name
-        try:
-            actual = sha256(path)
-        except FileNotFoundError:
-            raise BundleRefused(f"file {name} is missing") from None
-        except OSError as e:
-            raise BundleRefused(f"cannot read {name}: {reason(e)}") from None
-        if actual != expected:
-            raise BundleRefused(f"checksum mismatch for {name}: manifest {expected[:12]}..., file {actual[:12]}...")
-    return manifest
-
-
 @dataclass
-class LoadedModel:
-    """A servable model: its manifest, sessions, tokenizer or scaler, and (when served) its scheduler."""
+class LoadedModel(Bundle):
+    """A served bundle and its scheduler: admission and in-flight batching on the model's decoding
+    thread (ONNX Runtime releases the GIL, so the event loop stays free); set by the registry."""
 
-    path: Path
-    manifest: Manifest
-    runtime: OnnxModel
-    # Translation models have a tokenizer, forecast models a scaler.
-    codec: TextCodec | None
-    scaler: MeanAbsScaler | None
-    # Admission and in-flight batching on the model's decoding thread (ONNX Runtime releases the
-    # GIL, so the event loop stays free); set by the registry.
     scheduler: Scheduler | None = None
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-
-def _codec(bundle_dir: Path, manifest: Manifest) -> TextCodec:
-    assert manifest.tokenizer is not None and manifest.special_tokens is not None
-    target = bundle_dir / manifest.target_tokenizer if manifest.target_tokenizer else None
-    try:
-        return TextCodec(bundle_dir / manifest.tokenizer, manifest.special_tokens.eos, target)
-    except Exception as e:  # tokenizers raises a bare Exception for a file it can't parse
-        names = " or ".join(f for f in (manifest.tokenizer, manifest.target_tokenizer) if f)
-        raise BundleRefused(f"{names} does not parse as a tokenizers file: {str(e)[:200]}") from None
-
-
-def _scaler(manifest: Manifest) -> MeanAbsScaler:
-    assert manifest.forecast is not None
-    try:
-        return MeanAbsScaler.from_manifest(manifest.forecast.scaling)
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleRefused(f"{MANIFEST_FILE} forecast.scaling is not one this server applies: {str(e)[:200]}") from None
 
 
 def load_model(bundle_dir: Path, options: RuntimeOptions, *, name: str | None = None, version: str | None = None) -> LoadedModel:
-    """Verifies and loads one bundle; raises BundleRefused naming the file at fault. `name` and
-    `version`, when given (the repository's folder names), must be the manifest's."""
-    manifest = verify_bundle(bundle_dir)
-    if name is not None and manifest.name != name:
-        raise BundleRefused(f"{MANIFEST_FILE} names model {manifest.name[:80]!r} but its folder is {name!r}")
-    if version is not None and manifest.version != version:
-        raise BundleRefused(f"{MANIFEST_FILE} says version {manifest.version[:20]!r} but its folder is {version!r}")
-    # The cheap checks first: the tokenizer or scaler before the ONNX Runtime sessions.
-    codec = _codec(bundle_dir, manifest) if manifest.forecast is None else None
-    scaler = _scaler(manifest) if manifest.forecast is not None else None
-    try:
-        runtime = OnnxModel.from_manifest(bundle_dir, manifest, options)
-    except BundleMismatch as e:
-        raise BundleRefused(str(e)) from None
-    except Exception as e:  # ONNX Runtime's own load errors (corrupt graph, unsupported op)
-        raise BundleRefused(f"ONNX Runtime could not load it: {e}") from None
-    return LoadedModel(bundle_dir, manifest, runtime, codec, scaler)
+    """`open_bundle`, as a model the registry can serve."""
+    bundle = open_bundle(bundle_dir, options, name=name, version=version)
+    return LoadedModel(bundle.path, bundle.manifest, bundle.runtime, bundle.codec, bundle.scaler)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from seqcast.bundle.loading import reason
+
 log = logging.getLogger(__name__)
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -31,11 +33,6 @@ class ModelFolder:
     path: Path
     versions: tuple[Path, ...] = ()
     error: str | None = None
-
-
-def reason(error: OSError) -> str:
-    """An OS error as a short phrase ("Permission denied"), without the path the caller names."""
-    return error.strerror or type(error).__name__
 
 
 def fingerprint(version_dir: Path) -> Fingerprint | None:

@@ -1,6 +1,6 @@
 """One scheduler per model: admission, in-flight batching, and the decoding thread.
 
-Builds on `seqcast.server.decoding` (the decode loop's body: join, step, stop) and hands what
+Builds on `seqcast.bundle.decoding` (the decode loop's body: join, step, stop) and hands what
 each step produced to the request's event loop through the request's own handle.
 
 A request enters with `submit`, which returns its `RequestHandle`. It is admitted at once when
@@ -42,12 +42,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from seqcast.bundle.decoding import Decoder, Runtime, StepTimings, nbytes
+from seqcast.bundle.strategies import Finish
+from seqcast.bundle.strategies import Sequence as DecodingSequence
 from seqcast.server import metrics
-from seqcast.server.decoding import Decoder, Runtime, StepTimings, nbytes
 from seqcast.server.errors import DeadlineExceeded, EngineFailure, Overloaded
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import Finish
-from seqcast.server.strategies import Sequence as DecodingSequence
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 
+from seqcast.bundle.manifest import ForecastSpec
+from seqcast.bundle.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 from seqcast.server import errors, forecasting, metrics, translation
-from seqcast.server.manifest import ForecastSpec
 from seqcast.server.models import LoadedModel, ModelRegistry, Task
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import BeamSearch, Finish, Greedy, Sampling, Strategy
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 

@@ -2,7 +2,7 @@
 turn the request's events into text, for unary and streaming calls alike.
 
 Builds on `seqcast.server.scheduler` (admission and the request handle) and
-`seqcast.server.strategies` (greedy, beam search, sampling). Over-long input is refused, never
+`seqcast.bundle.strategies` (greedy, beam search, sampling). Over-long input is refused, never
 truncated: a text over `max_input_chars` characters, or over the model's `max_source_tokens`
 once tokenized, gets InvalidArgument naming the text's index, so a caller never receives a
 translation of half a sentence without knowing it.
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqcast.bundle.strategies import AlignedToken, BeamSearch, Finish, Greedy, Sampling, Strategy, token_sequence
+from seqcast.bundle.text import StreamDetokenizer, TextCodec
 from seqcast.server.errors import DeadlineExceeded, InvalidArgument, Unsupported
 from seqcast.server.models import LoadedModel
 from seqcast.server.scheduler import RequestHandle, Work
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import AlignedToken, BeamSearch, Finish, Greedy, Sampling, Strategy, token_sequence
-from seqcast.server.text import StreamDetokenizer, TextCodec
 
 TOO_SLOW = "raise the deadline or lower max_new_tokens"
 
@@ -136,7 +136,7 @@ def _without_alignments(model: LoadedModel) -> Unsupported:
     """The refusal of alignments from `model`, with what would give it them."""
     manifest = model.manifest
     how = {
-        "transformer": "add them to the bundle with `python -m seqcast.export.add_alignments <bundle directory>` "
+        "transformer": "add them to the bundle with `python -m seqcast.export.translation.add_alignments <bundle directory>` "
                        "or export it again with `seqcast export`",
         "marian": "import the checkpoint again with `seqcast import-hf`, which adds them",
     }.get(manifest.architecture, f"only transformer bundles have them ({manifest.architecture} decoders have no single "

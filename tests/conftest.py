@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from seqcast.server.app import RunningServer, create_server
-from seqcast.server.cli import main as seqcast
+from seqcast.export.cli import main as seqcast
 from seqcast.server.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ CORPUS = REPO / "data" / "en-de"
 TOOLS_BIN = REPO / ".tools" / "bin"
 os.environ["PATH"] = os.pathsep.join([str(TOOLS_BIN), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 # Sources the wheel is built from: what the Dockerfiles copy into the builder stage.
-WHEEL_SOURCES = ["pyproject.toml", "README.md", "server", "clients", "export", "protos"]
+WHEEL_SOURCES = ["pyproject.toml", "README.md", "bundle", "server", "clients", "export", "protos"]
 
 # Small enough to train in well under a minute on 2 cores, trained enough that greedy decoding
 # produces real token sequences (not just end-of-sequence), which the token-equality tests need.

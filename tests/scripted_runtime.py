@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, StateSpec, StaticSpec, TensorSpec
+from seqcast.bundle.manifest import DecoderSpec, EncoderSpec, StateSpec, StaticSpec, TensorSpec
 
 VOCAB, BOS, EOS = 50, 1, 2
 

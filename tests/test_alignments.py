@@ -19,21 +19,21 @@ import onnx
 import pytest
 import torch
 
+from seqcast.bundle.decoding import Decoder, greedy_tokens, pad_batch
+from seqcast.bundle.loading import Bundle, open_bundle as load_bundle, verify_bundle
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.strategies import AlignedToken, BeamSearch, Finish, Greedy, token_sequence
 from seqcast.client import BeamSearch as ClientBeamSearch
 from seqcast.client import Sampling as ClientSampling
 from seqcast.client import SeqcastClient, SeqcastError
 from seqcast.client.cli import main as client_main
-from seqcast.export.add_alignments import add_alignments, remove_output
-from seqcast.export.bundle import checksums
-from seqcast.export.corpus import read_split
 from seqcast.export.graphs import default_alignment_layer
-from seqcast.export.train import load_model
-from seqcast.server.decoding import Decoder, greedy_tokens, pad_batch
-from seqcast.server.manifest import Manifest
-from seqcast.server.models import LoadedModel, load_model as load_bundle, verify_bundle
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.export.translation.add_alignments import add_alignments, remove_output
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.translation.train import load_model
+from seqcast.export.writing import checksums
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import AlignedToken, BeamSearch, Finish, Greedy, token_sequence
 
 from conftest import CORPUS, REPO, ServerThread, committed_models
 
@@ -163,7 +163,7 @@ class _GuardedAlignments:
         return out
 
 
-def _decode(runtime: Any, model: LoadedModel, sequences: list, texts: list[str]) -> list[list[Any]]:
+def _decode(runtime: Any, model: Bundle, sequences: list, texts: list[str]) -> list[list[Any]]:
     """Every item each sequence emits, decoding the texts together on one Decoder."""
     special = model.manifest.special_tokens
     items: list[list[Any]] = [[] for _ in sequences]
@@ -231,7 +231,7 @@ def en_de_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeqcastCl
         server.stop()
 
 
-def _rows_alone(model: LoadedModel, source: list[int], ids: list[int]) -> np.ndarray:
+def _rows_alone(model: Bundle, source: list[int], ids: list[int]) -> np.ndarray:
     """The alignments of `ids` for one unpadded source, fed one token per step on its own: (tokens, source)."""
     rt, spec, special = model.runtime, model.manifest.decoder, model.manifest.special_tokens
     src = np.array([source], dtype=np.int64)
@@ -249,7 +249,7 @@ def _rows_alone(model: LoadedModel, source: list[int], ids: list[int]) -> np.nda
     return np.stack(rows) if rows else np.zeros((0, len(source)), np.float32)
 
 
-def _beam_ids(model: LoadedModel, texts: list[str]) -> list[list[int]]:
+def _beam_ids(model: Bundle, texts: list[str]) -> list[list[int]]:
     eos = model.manifest.special_tokens.eos
     return _decode(model.runtime, model, [token_sequence(BeamSearch(beam_size=4), eos, MAX_NEW) for _ in texts], texts)
 
@@ -306,7 +306,7 @@ def test_a_model_without_alignments_refuses_them_naming_the_model_and_the_fix(en
             en_de_client.translate(texts, model="en-de-plain", alignments=True)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "model en-de-plain (version 1) cannot return alignments" in refused.value.message
-    assert "python -m seqcast.export.add_alignments" in refused.value.message
+    assert "python -m seqcast.export.translation.add_alignments" in refused.value.message
 
 
 def test_client_prints_alignments_and_plots_them(en_de_client, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

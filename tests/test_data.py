@@ -1,25 +1,17 @@
-"""The English->German corpus builder (export/data.py) on small fixture catalogs."""
+"""The English->German corpus builder (export/translation/data.py) on small fixture catalogs."""
 
 from __future__ import annotations
 
-import importlib.util
+import gzip
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import polib
 import pytest
 
-try:
-    from seqcast.export import data
-except ImportError:  # running from a checkout without the package installed
-    _spec = importlib.util.spec_from_file_location(
-        "seqcast_export_data", Path(__file__).parents[1] / "export" / "data.py"
-    )
-    data = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = data
-    _spec.loader.exec_module(data)
+from seqcast.export.translation import data
+from seqcast.export.translation.corpus import read_split
 
 FIXTURES = Path(__file__).parent / "fixtures" / "po" / "sources"
 ALPHA_PO = FIXTURES / "pypi/alpha/alpha/locale/de/LC_MESSAGES/django.po"
@@ -171,19 +163,20 @@ def test_build_corpus_writes_reproducible_splits(sources: Path, tmp_path: Path) 
     for name in ("train.jsonl.gz", "dev.jsonl.gz", "test.jsonl.gz", "stats.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
-    rows = {split: data.read_split(tmp_path / "a" / f"{split}.jsonl.gz") for split in data.SPLITS}
+    rows = {split: read_split(tmp_path / "a", split) for split in data.SPLITS}
     assert {len(v) for v in rows.values()} and sum(map(len, rows.values())) == stats.total
-    sources_by_split = {split: {r["source"] for r in v} for split, v in rows.items()}
+    sources_by_split = {split: {r.source for r in v} for split, v in rows.items()}
     packages = {"alpha", "beta", "gamma"}
     for a in data.SPLITS:
         for b in data.SPLITS:
             if a != b:
                 assert not (sources_by_split[a] & sources_by_split[b] & packages)
     all_rows = [r for v in rows.values() for r in v]
-    assert set(all_rows[0]) == {"en", "de", "source"}
-    assert len({(r["en"], r["de"]) for r in all_rows}) == len(all_rows)
-    assert ("Street", "Strasse") not in {(r["en"], r["de"]) for r in all_rows}  # de_CH skipped
-    assert {"It's raining cats and dogs.", "to go to the other extreme"} <= {r["en"] for r in all_rows}
+    with gzip.open(tmp_path / "a" / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        assert set(json.loads(f.readline())) == {"en", "de", "source"}
+    assert len({(r.en, r.de) for r in all_rows}) == len(all_rows)
+    assert ("Street", "Strasse") not in {(r.en, r.de) for r in all_rows}  # de_CH skipped
+    assert {"It's raining cats and dogs.", "to go to the other extreme"} <= {r.en for r in all_rows}
 
     written = json.loads((tmp_path / "a" / "stats.json").read_text())
     assert written["total"] == stats.total == sum(written["splits"].values())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqcast.server.decoding import Decoder, Finish, forecast_decode, greedy_decode
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, TensorSpec
-from seqcast.server.strategies import GreedySequence
+from seqcast.bundle.decoding import Decoder, Finish, forecast_decode, greedy_decode
+from seqcast.bundle.manifest import DecoderSpec, EncoderSpec, SpecialTokens, StateSpec, TensorSpec
+from seqcast.bundle.strategies import GreedySequence
 
 from scripted_runtime import BOS, EOS, CountingRuntime
 

@@ -15,9 +15,9 @@ import pytest
 
 from seqcast.client.cli import build_parser as build_client_parser
 from seqcast.client.cli import main as client_main
-from seqcast.export.forecast_metrics import BASELINES
-from seqcast.server.cli import build_parser
-from seqcast.server.cli import main as seqcast
+from seqcast.export.cli import build_parser
+from seqcast.export.cli import main as seqcast
+from seqcast.export.forecast.metrics import BASELINES
 
 from conftest import CORPUS, REPO
 

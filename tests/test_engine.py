@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from seqcast.client import BeamSearch, Sampling, SeqcastClient, SeqcastError
-from seqcast.export.corpus import read_split
+from seqcast.export.translation.corpus import read_split
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 

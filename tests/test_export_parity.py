@@ -9,16 +9,16 @@ import numpy as np
 import onnx
 import pytest
 
-from seqcast.export.corpus import read_split
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.loading import BundleRefused, open_bundle as load_bundle, sha256
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.export.cli import main as seqcast
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.onnx_export import round_weights_fp16
 from seqcast.export.parity import TOLERANCE, ParityReport, default_cases, graph_parity, greedy_uncached
-from seqcast.server.decoding import greedy_tokens
-from seqcast.export.train import SPECIAL, load_model
-from seqcast.server.cli import main as seqcast
-from seqcast.server.manifest import Manifest
-from seqcast.server.models import BundleRefused, load_model as load_bundle, sha256
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.translation.train import SPECIAL, load_model
 
 from conftest import CORPUS, TINY_MODELS
 

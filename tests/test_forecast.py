@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seqcast.bundle.decoding import forecast_values
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.client import SeqcastClient, SeqcastError
 from seqcast.client.cli import main as client_main
-from seqcast.export.forecast_bundle import uncached_forecast
-from seqcast.export.forecast_data import TASKS, scaled_contexts, windows
-from seqcast.export.forecast_train import context_length, load_forecaster, point_column
+from seqcast.export.forecast.bundle import uncached_forecast
+from seqcast.export.forecast.data import TASKS, scaled_contexts, windows
+from seqcast.export.forecast.train import context_length, load_forecaster, point_column
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.parity import TOLERANCE
-from seqcast.server.decoding import forecast_values
-from seqcast.server.manifest import Manifest
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
 
 from conftest import TINY_FORECASTERS
 

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seqcast.bundle.manifest import Manifest
 from seqcast.client import SeqcastClient
 from seqcast.client.series_csv import read_series_csv
+from seqcast.export.cli import main as seqcast
 from seqcast.export.config import CsvSource
-from seqcast.export.forecast_csv import default_horizon, resolve, season_for
-from seqcast.export.forecast_data import TASKS, csv_task
-from seqcast.export.forecast_metrics import BASELINES
-from seqcast.server.cli import main as seqcast
-from seqcast.server.manifest import Manifest
+from seqcast.export.forecast.csv_source import default_horizon, resolve, season_for
+from seqcast.export.forecast.data import TASKS, csv_task
+from seqcast.export.forecast.metrics import BASELINES
 
 from conftest import ServerThread, start_server
 

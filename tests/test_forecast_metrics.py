@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqcast.export.forecast_metrics import (BASELINES, geometric_mean_relative, mase, smape,
+from seqcast.export.forecast.metrics import (BASELINES, geometric_mean_relative, mase, smape,
                                              statsforecast_baselines, weighted_quantile_loss)
-from seqcast.export.series import load_tourism, split_by_time
+from seqcast.export.forecast.series import load_tourism, split_by_time
 
 # --- MASE ----------------------------------------------------------------------------------
 

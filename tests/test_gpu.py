@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from seqcast.server.decoding import Decoder, greedy_tokens
-from seqcast.server.manifest import Manifest
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
-from seqcast.server.strategies import GreedySequence
+from seqcast.bundle.decoding import Decoder, greedy_tokens
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.strategies import GreedySequence
 
 pytestmark = [
     pytest.mark.gpu,

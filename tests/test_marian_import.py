@@ -25,19 +25,19 @@ import numpy as np
 import pytest
 import torch
 
-from seqcast.export.corpus import read_split
-from seqcast.export.hf_import import source_model_diff
-from seqcast.export.random_marian import RandomMarian, build_random_marian
-from seqcast.server.cli import main as seqcast
-from seqcast.server.decoding import Decoder, greedy_tokens, pad_batch
-from seqcast.server.manifest import Manifest
-from seqcast.server.models import load_model as load_bundle
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.decoding import Decoder, greedy_tokens, pad_batch
+from seqcast.bundle.loading import open_bundle as load_bundle
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.strategies import BeamSearch, BeamSequence, Finish
 from seqcast.client import BeamSearch as ClientBeamSearch
 from seqcast.client import Sampling as ClientSampling
 from seqcast.client import SeqcastClient, Translation
+from seqcast.export.cli import main as seqcast
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.translation.hf_import import source_model_diff
+from seqcast.export.translation.random_marian import RandomMarian, build_random_marian
 from seqcast.server.settings import ServerSettings
-from seqcast.server.strategies import BeamSearch, BeamSequence, Finish
 
 from conftest import CORPUS, ServerThread
 

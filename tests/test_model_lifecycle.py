@@ -27,9 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from conftest import REPO, ServerThread, start_server
+from seqcast.bundle.loading import sha256
 from seqcast.client import SeqcastClient, SeqcastError
 from seqcast.server import translation
-from seqcast.server.models import sha256
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 

@@ -246,7 +246,7 @@ def test_the_wheel_installs_only_seqcast_packages_and_both_commands(wheel: Path)
         scripts = zf.read(entry_points).decode()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"seqcast"}, tops
-    assert "seqcast = seqcast.server.cli:main" in scripts and "seqcast-client = seqcast.client.cli:main" in scripts
+    assert "seqcast = seqcast.export.cli:main" in scripts and "seqcast-client = seqcast.client.cli:main" in scripts
 
 
 # -- The development install (this environment) ------------------------------------------------
@@ -257,7 +257,7 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_server_and_the_client_import_and_parse_flags_without_torch() -> None:
     out = _python(
-        "from seqcast.server.cli import build_parser\n"
+        "from seqcast.export.cli import build_parser\n"
         "import seqcast.server.app, seqcast.client\n"
         "args = build_parser().parse_args(['serve', '--port', '0'])\n"
         "print(args.command)\n"
@@ -266,8 +266,32 @@ def test_the_server_and_the_client_import_and_parse_flags_without_torch() -> Non
     assert out.stdout.strip() == "serve"
 
 
+_IMPORT_ALL = (
+    "import importlib, pkgutil, sys\n"
+    "import seqcast.{package}\n"
+    "for m in pkgutil.iter_modules(seqcast.{package}.__path__):\n"
+    "    if m.name not in {skip}: importlib.import_module('seqcast.{package}.' + m.name)\n"
+    "print(' '.join(sorted({{n for n in sys.modules if n.startswith('seqcast.')}})))\n"
+)
+
+
+def test_the_server_imports_no_export_code_and_no_torch() -> None:
+    out = _python(_IMPORT_ALL.format(package="server", skip="()"))  # torch and onnx blocked
+    assert out.returncode == 0, out.stderr
+    packages = {name.split(".")[1] for name in out.stdout.split()}
+    assert packages == {"bundle", "server", "v1", "inference"}
+
+
+def test_export_reaches_the_server_only_to_register_serve_on_the_seqcast_command() -> None:
+    out = subprocess.run([sys.executable, "-c", _IMPORT_ALL.format(package="export", skip="('cli',)")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert not [name for name in out.stdout.split() if name.startswith("seqcast.server")]
+    assert "seqcast.bundle.loading" in out.stdout.split()
+
+
 def test_training_without_the_extras_says_what_to_install() -> None:
-    out = _python("from seqcast.server.cli import main\nraise SystemExit(main(['export', '--run-dir', 'x', '--name', 'y']))")
+    out = _python("from seqcast.export.cli import main\nraise SystemExit(main(['export', '--run-dir', 'x', '--name', 'y']))")
     assert out.returncode == 2
     assert "needs the training extras" in out.stderr and "pip install 'seqcast[train]'" in out.stderr
 

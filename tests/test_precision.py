@@ -18,17 +18,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from seqcast.bundle.decoding import forecast_values, greedy_tokens
+from seqcast.bundle.loading import open_bundle
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import RuntimeOptions
 from seqcast.client import SeqcastClient
-from seqcast.export.bundle import exported_precision
-from seqcast.export.corpus import read_split
+from seqcast.export.cli import main as seqcast
 from seqcast.export.precision import quantize_bundle
 from seqcast.export.quality import QualityBar, loaded, reference_logps
 from seqcast.export.quantize import fold_weights, per_row_matmuls, weight_matmuls
-from seqcast.server.cli import main as seqcast
-from seqcast.server.decoding import forecast_values, greedy_tokens
-from seqcast.server.manifest import Manifest
-from seqcast.server.models import load_model
-from seqcast.server.runtime import RuntimeOptions
+from seqcast.export.translation.corpus import read_split
+from seqcast.export.writing import exported_precision
 
 from conftest import committed_models, start_server
 
@@ -57,7 +57,7 @@ def _weight_matmuls(path: Path) -> int:
 
 
 def _translate(bundle: Path) -> list[list[int]]:
-    model = load_model(bundle, RuntimeOptions(device="cpu"))
+    model = open_bundle(bundle, RuntimeOptions(device="cpu"))
     return greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(SENTENCES), 32)
 
 
@@ -84,7 +84,7 @@ def test_int8_sentences_decode_the_same_alone_and_in_batches_of_16(en_de_int8: P
     """Activations are quantized per row, so in-flight batching cannot change a sentence's tokens.
     (ONNX Runtime's quantize_dynamic, one scale per call, changes some of these 64: see
     docs/benchmarks.md.)"""
-    model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
+    model = open_bundle(en_de_int8, RuntimeOptions(device="cpu"))
     sources = model.codec.encode([pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)])
     special = model.manifest.special_tokens
     alone = greedy_tokens(model.runtime, special, sources, 32, batch_size=1)
@@ -97,7 +97,7 @@ def test_the_server_lists_an_int8_bundle_and_batching_never_changes_its_tokens(e
     that text alone gives."""
     models = committed_models(en_de_int8.parents[1], ("en-de",))
     texts = [pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)]
-    model = load_model(en_de_int8, RuntimeOptions(device="cpu"))
+    model = open_bundle(en_de_int8, RuntimeOptions(device="cpu"))
     alone = greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(texts), 32, batch_size=1)
     expected = [model.codec.decode(tokens) for tokens in alone]
     server = start_server(models, default_model="en-de-int8", default_forecast_model="", log_level="WARNING")
@@ -156,7 +156,7 @@ def test_forecast_bundle_quantized_within_one_percent_mase(tmp_path: Path, capsy
     quality = manifest.precision.quality
     assert quality.passed and quality.items == 64 and quality.value <= quality.reference * 1.01
     assert sum(manifest.precision.quantized_ops["decoder.onnx"].values()) >= manifest.precision.weight_matmuls["decoder.onnx"] > 0
-    model = load_model(out, RuntimeOptions(device="cpu"))
+    model = open_bundle(out, RuntimeOptions(device="cpu"))
     point = manifest.forecast.columns.index(manifest.forecast.point)
     values = forecast_values(model.runtime, [np.linspace(-1, 1, 32, dtype=np.float32)], 8, point)
     assert values.shape == (1, 8, len(manifest.forecast.columns)) and np.isfinite(values).all()
@@ -211,7 +211,7 @@ def test_the_other_forms_measured_in_the_benchmarks(tmp_path: Path, args: list[s
     if op == "MatMulNBits":
         # Its activations are quantized per row block, so a sentence decodes the same alone and in
         # a batch (the default form's per-call activation scale does not promise that).
-        model = load_model(out, RuntimeOptions(device="cpu"))
+        model = open_bundle(out, RuntimeOptions(device="cpu"))
         sources = model.codec.encode(SENTENCES)
         alone = [greedy_tokens(model.runtime, model.manifest.special_tokens, [s], 32)[0] for s in sources]
         assert greedy_tokens(model.runtime, model.manifest.special_tokens, sources, 32) == alone
@@ -257,7 +257,7 @@ def test_manifests_without_a_precision_section_read_as_float32(tmp_path: Path) -
     raw = json.loads((EN_DE / "manifest.json").read_text())
     assert "precision" not in raw  # written before precision variants existed
     assert Manifest.read(EN_DE).precision.precision == "fp32"
-    assert load_model(EN_DE, RuntimeOptions(device="cpu")).manifest.precision.devices == ["cpu", "cuda"]
+    assert open_bundle(EN_DE, RuntimeOptions(device="cpu")).manifest.precision.devices == ["cpu", "cuda"]
     exported = exported_precision(EN_DE, "float16")  # what exports write from now on
     assert exported.precision == "fp32" and "float16" in exported.method and exported.file_sizes["decoder.onnx"] > 0
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seqcast.server.models import load_model
-from seqcast.server.runtime import RuntimeOptions, _ArenaShrinker
+from seqcast.bundle.loading import open_bundle
+from seqcast.bundle.runtime import RuntimeOptions, _ArenaShrinker
 
 from conftest import REPO
 
@@ -29,7 +29,7 @@ def test_a_call_with_a_quarter_of_the_peak_rows_or_fewer_releases_the_arena_once
 
 
 def test_memory_a_large_batch_took_is_returned_by_the_next_small_call() -> None:
-    model = load_model(REPO / "models" / "vic-elec" / "1", RuntimeOptions(device="cpu"))
+    model = open_bundle(REPO / "models" / "vic-elec" / "1", RuntimeOptions(device="cpu"))
     length = 144
     small = np.random.default_rng(0).random((1, length), dtype=np.float32)
     model.runtime.encode(small, np.ones((1, length), dtype=np.int64))

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from seqcast.bundle.strategies import BeamSearch, Finish, GreedySequence, token_sequence
 from seqcast.server.errors import DeadlineExceeded, EngineFailure, Overloaded
 from seqcast.server.scheduler import RequestHandle, Scheduler, SchedulerLimits, Work
-from seqcast.server.strategies import BeamSearch, Finish, GreedySequence, token_sequence
 
 from scripted_runtime import BOS, EOS, CountingRuntime
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqcast.export import series as series_module
-from seqcast.export.series import (MeanAbsScaler, Scale, SeriesSet, load_aus_retail, load_epf_fr_be,
+from seqcast.export.forecast import series as series_module
+from seqcast.export.forecast.series import (MeanAbsScaler, Scale, SeriesSet, load_aus_retail, load_epf_fr_be,
                                    load_tourism, load_vic_elec, split_by_time)
 
 

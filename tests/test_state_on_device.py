@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 
 from conftest import TINY_FORECASTERS
-from seqcast.server.decoding import Decoder, forecast_values, greedy_tokens, nbytes
-from seqcast.server.manifest import Manifest
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
-from seqcast.server.strategies import BeamSearch, Finish, Greedy, token_sequence
+from seqcast.bundle.decoding import Decoder, forecast_values, greedy_tokens, nbytes
+from seqcast.bundle.manifest import Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.strategies import BeamSearch, Finish, Greedy, token_sequence
 
 
 def _models(bundle: Path) -> tuple[OnnxModel, OnnxModel, Manifest]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from seqcast.export.tokenizer import EOS_ID, train_tokenizer
-from seqcast.server.text import StreamDetokenizer, TextCodec
+from seqcast.bundle.text import StreamDetokenizer, TextCodec
+from seqcast.export.translation.tokenizer import EOS_ID, train_tokenizer
 
 
 def test_stream_pieces_join_to_the_decoded_text_even_for_multibyte_characters(tmp_path: Path) -> None:

@@ -297,7 +297,7 @@ def test_wheel_alone_serves_without_torch(wheel: Path, tmp_path: Path) -> None:
         f"sys.path.insert(0, {str(site)!r})\n"
         "sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
         "import seqcast.server.app\n"
-        "from seqcast.server.cli import build_parser\n"
+        "from seqcast.export.cli import build_parser\n"
         f"assert seqcast.server.app.__file__.startswith({str(site)!r}), seqcast.server.app.__file__\n"
         "print(build_parser().parse_args(['serve']).command)\n"
     )

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sacrebleu
 
-from seqcast.export.corpus import Pair, encode_sources, read_split
-from seqcast.server.decoding import greedy_tokens
-from seqcast.server.models import LoadedModel, load_model
-from seqcast.server.runtime import RuntimeOptions
+from seqcast.bundle.decoding import greedy_tokens
+from seqcast.bundle.loading import Bundle, open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
+from seqcast.export.translation.corpus import Pair, encode_sources, read_split
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def corpus_scores(system: str, hypotheses: list[str], references: list[str], sec
     )
 
 
-def translate(model: LoadedModel, texts: list[str], batch_size: int = 32) -> list[str]:
+def translate(model: Bundle, texts: list[str], batch_size: int = 32) -> list[str]:
     """Greedy translations of `texts` by a loaded translation model, the way the server decodes."""
     sources = encode_sources(model.codec.tokenizer, texts, model.manifest.max_source_tokens)
     log.info("translating %d texts with %s", len(texts), model.name)
@@ -59,7 +60,7 @@ def translate(model: LoadedModel, texts: list[str], batch_size: int = 32) -> lis
 
 def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 32, threads: int = 2) -> list[str]:
     """Greedy translations of `texts` through the served path of a bundle."""
-    return translate(load_model(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads)), texts, batch_size)
+    return translate(open_bundle(bundle_dir, RuntimeOptions(device="cpu", intra_op_threads=threads)), texts, batch_size)
 
 
 def evaluate_bundle(bundle_dir: Path, pairs: list[Pair]) -> Scores:
@@ -83,7 +84,7 @@ def nearest_neighbour_baseline(train: list[Pair], pairs: list[Pair]) -> Scores:
     return corpus_scores("nearest-neighbour retrieval", hypotheses, [p.de for p in pairs], time.perf_counter() - started)
 
 
-def evaluate(bundles: list[Path], corpus: Path, split: str, baseline: bool, limit: int | None = None) -> list[Scores]:
+def evaluate(bundles: list[Path], corpus: Sequence[Path], split: str, baseline: bool, limit: int | None = None) -> list[Scores]:
     pairs = read_split(corpus, split, limit)
     scores = [evaluate_bundle(b, pairs) for b in bundles]
     if baseline:

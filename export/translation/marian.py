@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seqcast.bundle.manifest import TensorSpec
 from seqcast.export.graphs import F32, I64, GraphPair, default_alignment_layer, kv_specs, split_kv
-from seqcast.export.hf_checkpoint import MarianCheckpoint
-from seqcast.server.manifest import TensorSpec
+from seqcast.export.translation.hf_checkpoint import MarianCheckpoint
 
 # Added to masked attention scores; exp() of it underflows to exactly 0 (HF adds finfo.min).
 MASK_VALUE = -1e9

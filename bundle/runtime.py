@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, Manifest, TensorSpec
+from seqcast.bundle.manifest import DecoderSpec, EncoderSpec, Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 

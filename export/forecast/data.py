@@ -20,11 +20,11 @@ from typing import Literal
 
 import numpy as np
 
+from seqcast.bundle.scaling import MeanAbsScaler, Scale
 from seqcast.client.series_csv import SeriesCsvError
 from seqcast.export.config import CsvSource, ForecastConfig
-from seqcast.export.forecast_csv import load_csv, resolve
-from seqcast.export.series import SeriesSet, load_tourism, load_vic_elec
-from seqcast.server.scaling import MeanAbsScaler, Scale
+from seqcast.export.forecast.csv_source import load_csv, resolve
+from seqcast.export.forecast.series import SeriesSet, load_tourism, load_vic_elec
 
 @dataclass(frozen=True)
 class ForecastTask:
@@ -77,7 +77,7 @@ def forecast_task(cfg: ForecastConfig) -> ForecastTask:
 def csv_task(source: CsvSource) -> ForecastTask:
     """The task of a user's CSV file: one held-out window per series, the rest by one rule.
 
-    From the season m and the horizon h (inferred by `forecast_csv.resolve` where `source`
+    From the season m and the horizon h (inferred by `csv_source.resolve` where `source`
     leaves them None):
 
     * min_context = max(2m, h): two seasons, so the scaler and the transformer's seasonal-naive

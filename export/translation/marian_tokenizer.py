@@ -34,7 +34,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from seqcast.export.hf_checkpoint import ImportRefused
+from seqcast.export.translation.hf_checkpoint import ImportRefused
 
 log = logging.getLogger(__name__)
 

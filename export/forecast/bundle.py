@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqcast.export.bundle import checksums, export_info, exported_precision, write_bundle
+from seqcast.bundle.decoding import forecast_values
+from seqcast.bundle.manifest import ForecastSpec, Manifest
+from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.export.config import ForecastConfig
-from seqcast.export.forecast_data import Window, forecast_task, scaled_contexts, windows
-from seqcast.export.forecast_train import context_length, load_forecaster, min_context, point_column
-from seqcast.export.forecasters import ArForecaster, TransformerForecaster
+from seqcast.export.forecast.data import Window, forecast_task, scaled_contexts, windows
+from seqcast.export.forecast.forecasters import ArForecaster, TransformerForecaster
+from seqcast.export.forecast.train import context_length, load_forecaster, min_context, point_column
 from seqcast.export.graphs import GraphPair, TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair
 from seqcast.export.parity import TOLERANCE, ParityError, ParityReport, default_cases, graph_parity
-from seqcast.server.decoding import forecast_values
-from seqcast.server.manifest import ForecastSpec, Manifest
-from seqcast.server.runtime import OnnxModel, RuntimeOptions
+from seqcast.export.writing import checksums, export_info, exported_precision, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def export_forecast_bundle(
                 "data": cfg.data,
                 "config": json.loads((run_dir / "config.json").read_text()),
                 "steps": metrics.get("steps"),
+                "seconds": metrics.get("seconds"),
                 "best_validation_mase": metrics.get("best_validation_mase"),
             },
         )

@@ -5,7 +5,7 @@ batch (one, or `beam_size` for beam search), and after every step `advance` take
 outputs and says which of its rows go on (by local index, repeats allowed: beams reorder and
 duplicate rows) and what each is fed next. It reports what it produced through its `emit`
 callback as it goes, which whoever drives it (the scheduler, or the offline helpers in
-`seqcast.server.decoding`) sets before the first step. Strategies never see other sequences, so
+`seqcast.bundle.decoding`) sets before the first step. Strategies never see other sequences, so
 a sequence decodes the same whatever else shares the batch.
 
 * `GreedySequence`: the most likely token.

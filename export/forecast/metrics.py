@@ -7,7 +7,7 @@ says what a zero denominator gives.
 
 `statsforecast_baselines` fits the statistical baselines (`BASELINES`: statsforecast's
 SeasonalNaive, AutoETS, AutoTheta, AutoARIMA and, for seasonal data, MSTL) on a train `SeriesSet`
-(see `seqcast.export.series`) and returns point forecasts and quantiles as arrays.
+(see `seqcast.export.forecast.series`) and returns point forecasts and quantiles as arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqcast.export.series import SeriesSet
+from seqcast.export.forecast.series import SeriesSet
 
 __all__ = [
     "BASELINES", "Baseline", "baseline_models", "baselines_for", "geometric_mean_relative", "mase", "smape",

@@ -4,7 +4,7 @@ statistical baselines. One path for every task: built-in (tourism, vic_elec) or 
 Bundles are run the way the server runs them: ONNX Runtime sessions from the bundle, the
 bundle's own scaler on the last `context_length` values, the shared decoding loop, unscaled
 outputs; a training run's best checkpoint goes through the same loop in PyTorch.
-The baselines of `forecast_metrics.BASELINES` (statsforecast's SeasonalNaive, AutoETS,
+The baselines of `metrics.BASELINES` (statsforecast's SeasonalNaive, AutoETS,
 AutoTheta, AutoARIMA and, for seasonal data, MSTL) forecast the same windows from the same
 histories (cut to the task's `baseline_history` for long series). Scores:
 
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from seqcast.bundle.decoding import forecast_values
+from seqcast.bundle.loading import Bundle, open_bundle
+from seqcast.bundle.runtime import RuntimeOptions
+from seqcast.bundle.scaling import scaled_context
 from seqcast.export.config import QUANTILE_LEVELS
-from seqcast.export.forecast_data import ForecastTask, Window, windows
-from seqcast.export.forecast_metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
-from seqcast.server.decoding import forecast_values
-from seqcast.server.forecasting import scaled_context
-from seqcast.server.models import LoadedModel, load_model
-from seqcast.server.runtime import RuntimeOptions
+from seqcast.export.forecast.data import ForecastTask, Window, windows
+from seqcast.export.forecast.metrics import baselines_for, geometric_mean_relative, mase, smape, weighted_quantile_loss
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Score:
         return f"| {self.system} | {self.mase:.3f} | {self.smape:.2f} | {wql} | {self.relative_mase:.3f} | {self.seconds:.1f} |"
 
 
-def bundle_forecasts(model: LoadedModel, items: list[Window], horizon: int, batch_rows: int = 256) -> Forecasts:
+def bundle_forecasts(model: Bundle, items: list[Window], horizon: int, batch_rows: int = 256) -> Forecasts:
     """Forecasts of every window by a loaded forecast bundle, in data units."""
     spec, scaler = model.manifest.forecast, model.scaler
     assert spec is not None and scaler is not None, f"{model.name} is not a forecast model"
@@ -76,7 +76,7 @@ def bundle_forecasts(model: LoadedModel, items: list[Window], horizon: int, batc
 
 def run_forecasts(run_dir: Path, items: list[Window]) -> Forecasts:
     """Forecasts of every window by a training run's best checkpoint (PyTorch), in data units."""
-    from seqcast.export.forecast_train import forecast_windows, load_forecaster, point_column
+    from seqcast.export.forecast.train import forecast_windows, load_forecaster, point_column
 
     model, cfg = load_forecaster(run_dir)
     started = time.perf_counter()
@@ -127,7 +127,7 @@ def evaluate_forecasts(task: ForecastTask, bundles: Sequence[Path] = (), runs: S
     items = windows(task, series, "test")[:limit]
     forecasts = baseline_forecasts(task, items, series.season_length)
     for path in bundles:
-        model = load_model(path, RuntimeOptions(device="cpu"))
+        model = open_bundle(path, RuntimeOptions(device="cpu"))
         spec = model.manifest.forecast
         if spec is None or spec.max_horizon < task.horizon or spec.frequency != series.frequency:
             raise ValueError(f"{path} is not a forecast bundle for {task.name} (horizon {task.horizon}, frequency {series.frequency})")

@@ -33,9 +33,10 @@ from typing import Iterable, Iterator
 import polib
 from tqdm import tqdm
 
+from seqcast.export.translation.corpus import SPLITS, Pair
+
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "dev", "test")
 MAX_CHARS = 400
 TRANS_SOURCE = "trans-de-en"
 
@@ -70,16 +71,6 @@ _DICT_SLOT = re.compile(r"\b(?:sth|sb|sb's|sth's|etw|jd|jdm|jdn|jds|so|s\.o|s\.t
 _DICT_LEFTOVER = re.compile(r"[/(){}\[\]<>]")
 TRANS_MIN_EN_WORDS = 3
 TRANS_MIN_DE_WORDS = 2
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One English->German pair and the unit it is split by."""
-
-    en: str
-    de: str
-    source: str  # package name (or trans-de-en), written to the corpus
-    group: str  # split unit: the package, or one trans-de-en dictionary line
 
 
 @dataclass(frozen=True)
@@ -400,12 +391,6 @@ def write_split(path: Path, pairs: Iterable[Pair]) -> None:
         for pair in pairs:
             record = {"en": pair.en, "de": pair.de, "source": pair.source}
             gz.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def read_split(path: Path) -> list[dict]:
-    """Read a split written by :func:`write_split`."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def build_corpus(

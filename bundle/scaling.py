@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqcast.bundle.manifest import ForecastSpec
+
+
 @dataclass(frozen=True)
 class Scale:
     """The transform for one series: scaled = (x - loc) / scale."""
@@ -69,3 +72,10 @@ def _as_float(like: np.ndarray, result: np.ndarray) -> np.ndarray:
     # Keep float32 inputs float32 (what the ONNX graphs take); integers become float64.
     dtype = np.asarray(like).dtype
     return result.astype(dtype if np.issubdtype(dtype, np.floating) else np.float64)
+
+
+def scaled_context(values: np.ndarray, spec: ForecastSpec, scaler: MeanAbsScaler) -> tuple[np.ndarray, Scale]:
+    """The last `context_length` values of a series, scaled by a fit on them (float32), and the fit."""
+    context = np.asarray(values, dtype=np.float64)[-spec.context_length :]
+    scale = scaler.fit(context)
+    return scaler.transform(context, scale).astype(np.float32), scale

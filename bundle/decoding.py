@@ -1,13 +1,13 @@
 """The decoding loop: encode once, then one decoder step for the whole batch until all rows end.
 
-Builds on a runtime (`seqcast.server.runtime.OnnxModel`: ONNX Runtime sessions) and on the
-strategies (`seqcast.server.strategies`); the scheduler (`seqcast.server.scheduler`) drives it.
+Builds on a runtime (`seqcast.bundle.runtime.OnnxModel`: ONNX Runtime sessions) and on the
+strategies (`seqcast.bundle.strategies`); the scheduler (`seqcast.server.scheduler`) drives it.
 
 The loop knows nothing of transformers, RNNs, tokens or values. The manifest says which
 decoder inputs are state (fed back from an output each step: the KV cache, or `h` and `c`),
 which are static (encoder outputs, the source mask) and whether the decoder takes positions and
 a mask over the cache. What a step chooses is up to each sequence's strategy
-(`seqcast.server.strategies`: greedy, sampling, beam search, forecasting), which sees only its
+(`seqcast.bundle.strategies`: greedy, sampling, beam search, forecasting), which sees only its
 own rows. Sequences join between steps and leave as soon as they finish (`Decoder`), so rows at
 different positions share one step: that is in-flight batching, and the scheduler drives it.
 When rows leave and every sequence is one row in host memory, the rows from the end of the batch
@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from seqcast.server.manifest import DecoderSpec, EncoderSpec, SpecialTokens
-from seqcast.server.strategies import Finish, ForecastSequence, GreedySequence
-from seqcast.server.strategies import Sequence as DecodingSequence
+from seqcast.bundle.manifest import DecoderSpec, EncoderSpec, SpecialTokens
+from seqcast.bundle.strategies import Finish, ForecastSequence, GreedySequence
+from seqcast.bundle.strategies import Sequence as DecodingSequence
 
 __all__ = ["DecodeBatch", "Decoder", "Finish", "Runtime", "StepTimings", "forecast_decode", "forecast_values",
            "greedy_decode", "greedy_tokens", "pad_batch"]
@@ -281,7 +281,7 @@ def trim(batch: DecodeBatch, spec: DecoderSpec) -> bool:
 class Decoder:
     """The decoding loop's body: sequences join the running batch, every step advances all of them.
 
-    Sequences (see `seqcast.server.strategies`) may join between any two steps: their sources are
+    Sequences (see `seqcast.bundle.strategies`) may join between any two steps: their sources are
     encoded as one batch and merged into the running one. After each step every sequence says
     which of its rows go on; finished ones leave at once and unused cache slots are dropped.
     """

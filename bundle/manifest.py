@@ -127,7 +127,7 @@ class ForecastSpec(_Frozen):
     The decoder output has one column per entry of `columns`: the quantile levels, ascending,
     or `["mean"]` for a point model. The column `point` (the median "0.5", or "mean") is the
     point forecast and is fed back as the next step's input. Values pass through `scaling`
-    (see `seqcast.export.series.MeanAbsScaler`) fitted per series on the context the model sees:
+    (see `seqcast.export.forecast.series.MeanAbsScaler`) fitted per series on the context the model sees:
     the last `context_length` values of a longer series.
     """
 
