@@ -44,6 +44,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from seqcast.server.app import serve
+    from seqcast.server.models import StartupRefused
     from seqcast.server.settings import from_flags
 
     try:
@@ -54,5 +55,9 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"error: invalid settings: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, force=True)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

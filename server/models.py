@@ -29,6 +29,11 @@ Task = Literal["translation", "forecast"]
 log = logging.getLogger(__name__)
 
 
+class StartupRefused(Exception):
+    """A setting only the model repository can check is wrong (a default model with no folder):
+    `seqcast serve` stops before it binds a port, with one line saying which."""
+
+
 @dataclass
 class LoadedModel(Bundle):
     """A served bundle and its scheduler: admission and in-flight batching on the model's decoding
@@ -109,7 +114,8 @@ class ModelRegistry:
         for task, chosen in registry._chosen.items():
             if chosen and chosen not in registry.models:
                 if chosen not in registry.known:
-                    raise ValueError(f"default {task} model {chosen!r} has no folder under {model_dir} (models: {sorted(registry.known)})")
+                    raise StartupRefused(f"default {task} model {chosen!r} has no folder under {model_dir} "
+                                         f"(models: {', '.join(sorted(registry.known)) or 'none'})")
                 log.error("default %s model %s is not served (see above); requests that name no model get NOT_FOUND", task, chosen)
         return registry
 

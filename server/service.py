@@ -12,6 +12,7 @@ only translate messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -89,40 +90,34 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wraps a unary or server-streaming handler: errors to status codes, duration and code to metrics."""
     name = method.__name__
 
-    def observe(self: _Servicer, request: Any, started: float, code: grpc.StatusCode) -> None:
-        label = _model_label(self.registry, request.model, self.task)
-        metrics.observe_request(label, name, code, time.perf_counter() - started)
-
-    if inspect.isasyncgenfunction(method):
-        @functools.wraps(method)
-        async def stream(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
-                # aclosing: a stream ended early (the caller went away) closes the handler's
-                # generators at once, which cancels the request.
-                async with aclosing(method(self, request, context)) as messages:
-                    async for message in messages:
-                        yield message
-            except BaseException as e:
-                code = status_of(e)
-                await abort(context, e, name)
-                raise
-            finally:
-                observe(self, request, started, code)
-
-        return stream
-
-    @functools.wraps(method)
-    async def unary(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    @contextlib.asynccontextmanager
+    async def edge(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            return await method(self, request, context)
+            yield
         except BaseException as e:
             code = status_of(e)
             await abort(context, e, name)
             raise
         finally:
-            observe(self, request, started, code)
+            metrics.observe_request(_model_label(self.registry, request.model, self.task), name, code,
+                                    time.perf_counter() - started)
+
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def stream(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            # aclosing: a stream ended early (the caller went away) closes the handler's
+            # generators at once, which cancels the request.
+            async with edge(self, request, context), aclosing(method(self, request, context)) as messages:
+                async for message in messages:
+                    yield message
+
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with edge(self, request, context):
+            return await method(self, request, context)
 
     return unary
 

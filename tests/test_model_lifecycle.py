@@ -29,7 +29,9 @@ from grpc_reflection.v1alpha import reflection_pb2
 from conftest import REPO, ServerThread, start_server
 from seqcast.bundle.loading import sha256
 from seqcast.client import SeqcastClient, SeqcastError
+from seqcast.export.cli import main as seqcast
 from seqcast.server import translation
+from seqcast.server.models import StartupRefused
 from seqcast.v1 import seqcast_pb2 as pb
 from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
@@ -455,5 +457,16 @@ def test_a_refused_default_model_leaves_the_server_up_and_a_missing_one_is_a_set
             assert client.forecast(SERIES, horizon=2, model="tourism-ar", timeout=10).model == "tourism-ar"
     finally:
         srv.stop()
-    with pytest.raises(ValueError, match="default forecast model 'nope' has no folder under"):
+    with pytest.raises(StartupRefused, match="default forecast model 'nope' has no folder under"):
         start_server(tmp_path, default_model="", default_forecast_model="nope", model_poll_seconds=0)
+
+
+def test_seqcast_serve_with_a_default_model_that_has_no_folder_exits_2_with_one_line(tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    clone(FORECAST, tmp_path, "tourism-ar")
+    code = seqcast(["serve", "--model-dir", str(tmp_path), "--default-forecast-model", "nope", "--port", "0",
+                    "--metrics-port", "0", "--model-poll-seconds", "0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: default forecast model 'nope' has no folder under {tmp_path} (models: tourism-ar)"
+    assert not any("Traceback" in line for line in err)
