@@ -8,6 +8,9 @@ so every forecast is made exactly as in production: from the past alone.
 
 Models see the last `context_length` values of the history, scaled per window by the task's
 `MeanAbsScaler` fitted on that context.
+
+`forecast_task(cfg)` is the one way from a run's config to its task: a built-in one of `TASKS`,
+or `csv_task` for a user's CSV file (read and checked by `csv_source`).
 """
 
 from __future__ import annotations
