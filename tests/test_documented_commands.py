@@ -57,10 +57,10 @@ def _documented(program: str, subcommands: set[str]) -> set[str]:
 SEQCAST_COMMANDS = {
     "data": "test_data_builds_a_corpus",
     "train": "test_train_and_resume",
-    "train-forecast": "test_train_forecast_and_export",
+    "train-forecast": "test_train_forecast_and_export (--csv: test_forecast_csv.py)",
     "export": "test_train_forecast_and_export",
     "evaluate": "test_evaluate_with_the_baseline",
-    "evaluate-forecast": "test_evaluate_forecast",
+    "evaluate-forecast": "test_evaluate_forecast (--csv: test_forecast_csv.py)",
     "quantize": "test_precision.py::test_forecast_bundle_quantized_within_one_percent_mase",
     "import-hf": "test_marian_import.py::test_import_writes_a_parity_checked_bundle_the_server_loads",
     "serve": "test_server.py::test_seqcast_serve_starts_answers_and_stops_on_sigterm",
