@@ -157,27 +157,31 @@ class Baseline:
     seconds: float = 0.0
 
 
-def baseline_models(season_length: int) -> list[object]:
-    """The statsforecast models of `BASELINES` for season m, each named by its alias.
+def baseline_models(season_length: int) -> list[tuple[object, int | None]]:
+    """The statsforecast models of `BASELINES` for season m, each named by its alias, with the
+    most values of each history it is fitted on (None: all it is given).
 
     * AutoETS: statsforecast's ETS fits seasonal models for m <= 24 only; above that it
       fits non-seasonal ones (vic_elec's m = 48).
     * AutoARIMA uses the approximation R's auto.arima uses for long or strongly seasonal
       series (approximate likelihood in the order search) and seasonal orders P, Q <= 1:
-      exact search took 18 s per 300-value hourly series on one core, this about 1 s.
+      exact search took 18 s per 300-value hourly series on one core, this about 1 s. Its
+      state grows with m and its cost faster than the length, so it sees at most the last
+      max(10m, 200) values: on vic_elec's 8 weeks (2,688 values, m = 48) it took 100 s per
+      window, on the last 10 days about 5 s.
     * MSTL decomposes with STL at season m and forecasts the trend with AutoETS; left out
       when m = 1 (nothing to decompose).
     """
     from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, SeasonalNaive
 
     m = season_length
-    models = [
-        SeasonalNaive(season_length=m),
-        AutoETS(season_length=m),
-        AutoTheta(season_length=m),
-        AutoARIMA(season_length=m, approximation=True, max_P=1, max_Q=1),
+    models: list[tuple[object, int | None]] = [
+        (SeasonalNaive(season_length=m), None),
+        (AutoETS(season_length=m), None),
+        (AutoTheta(season_length=m), None),
+        (AutoARIMA(season_length=m, approximation=True, max_P=1, max_Q=1), max(10 * m, 200)),
     ]
-    return models + [MSTL(season_length=m)] if m > 1 else models
+    return models + [(MSTL(season_length=m), None)] if m > 1 else models
 
 
 def statsforecast_baselines(train: SeriesSet, horizon: int, levels: list[float],
@@ -209,28 +213,33 @@ def baselines_for(histories: Sequence[np.ndarray], keys: list[str], season_lengt
     if not all(0 < q < 1 for q in levels):
         raise ValueError(f"quantile levels must lie in (0, 1), got {levels}")
     coverages = sorted({_coverage(q) for q in levels if q != 0.5})
-    # Integer ids and time steps: the baselines need only order and season, not calendar dates,
-    # and integer ids make the output order independent of how keys sort.
-    frame = pd.DataFrame({
-        "unique_id": np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]),
-        "ds": np.concatenate([np.arange(len(h)) for h in histories]),
-        "y": np.concatenate(histories).astype(np.float64),
-    })
+
+    def frame(longest: int | None) -> pd.DataFrame:
+        # Integer ids and time steps: the baselines need only order and season, not calendar
+        # dates, and integer ids make the output order independent of how keys sort.
+        cut = [h if longest is None else h[-longest:] for h in histories]
+        return pd.DataFrame({
+            "unique_id": np.concatenate([np.full(len(h), i) for i, h in enumerate(cut)]),
+            "ds": np.concatenate([np.arange(len(h)) for h in cut]),
+            "y": np.concatenate(cut).astype(np.float64),
+        })
+
     chunk = max(1, -(-len(histories) // 10))
     out = {}
-    for model in baseline_models(season_length):
+    for model, longest in baseline_models(season_length):
         name = str(model.alias)  # type: ignore[attr-defined]
+        data = frame(longest)
         started = time.perf_counter()
         parts = []
         with tqdm(total=len(histories), desc=f"baseline {name}", unit="series", disable=not progress) as bar:
             for first in range(0, len(histories), chunk):
-                ids = frame["unique_id"].between(first, first + chunk - 1)
+                ids = data["unique_id"].between(first, first + chunk - 1)
                 sf = StatsForecast(models=[model], freq=1, n_jobs=n_jobs,
                                    fallback_model=SeasonalNaive(season_length=season_length))
                 with warnings.catch_warnings():
                     # AutoARIMA's order search tries models that do not converge and warns for each.
                     warnings.filterwarnings("ignore", "possible convergence problem", UserWarning)
-                    forecast = sf.forecast(df=frame[ids], h=horizon, level=coverages or None)
+                    forecast = sf.forecast(df=data[ids], h=horizon, level=coverages or None)
                 parts.append(forecast.reset_index() if "unique_id" not in forecast.columns else forecast)
                 bar.update(min(chunk, len(histories) - first))
         result = pd.concat(parts).sort_values(["unique_id", "ds"])
