@@ -119,7 +119,7 @@ def test_evaluate_with_the_baseline(model_dir: Path, tmp_path: Path, capsys: pyt
     # A TSV corpus of 600 pairs: its held-out test split (12 pairs) is scored, and the retrieval
     # baseline indexes its training split (the bundled corpus's 171k pairs take half a minute).
     tsv = tmp_path / "pairs.tsv"
-    tsv.write_text("".join(f"{p.en}\t{p.de}\n" for p in read_split(CORPUS, "train", 600)), encoding="utf-8")
+    tsv.write_text("".join(f"{p.source}\t{p.target}\n" for p in read_split(CORPUS, "train", 600)), encoding="utf-8")
     out = tmp_path / "scores.json"
     code = seqcast(["--log-level", "WARNING", "evaluate", str(model_dir / "tiny-transformer" / "1"), "--corpus", str(tsv),
                     "--limit", "8", "--baseline", "--json", str(out)])
