@@ -89,7 +89,7 @@ def main() -> None:
 
     model = open_bundle(args.bundle, RuntimeOptions(device="cpu", intra_op_threads=1))
     assert model.codec is not None
-    texts = [p.en for p in read_split(REPO / "data" / "en-de", "test", 400) if len(p.en.split()) >= 5][: max(args.batch)]
+    texts = [p.source for p in read_split(REPO / "data" / "en-de", "test", 400) if len(p.source.split()) >= 5][: max(args.batch)]
     all_sources = model.codec.encode(texts)
     with tempfile.TemporaryDirectory() as work:
         runtimes = {"no output": _without_output(args.bundle, Path(work)), "not asked": model.runtime, "asked": model.runtime}

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 def sources(batch: int, vocab: int) -> list[list[int]]:
     """Real test sentences, as ids of a byte-level encoding folded into the vocabulary."""
     pairs = read_split(REPO / "data" / "en-de", "test", 200)[100 : 100 + batch]
-    return [[4 + (b % (vocab - 4)) for b in p.en.encode()][:60] + [2] for p in pairs]
+    return [[4 + (b % (vocab - 4)) for b in p.source.encode()][:60] + [2] for p in pairs]
 
 
 @torch.inference_mode()

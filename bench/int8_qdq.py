@@ -40,7 +40,7 @@ def decoder_feeds(bundle: Path, sentences: int, max_new_tokens: int) -> list[dic
 
     model.runtime.step = recording
     pairs = read_split(REPO / "data" / "en-de", "dev", sentences)
-    sources = encode_sources(model.codec.tokenizer, [p.en for p in pairs], model.manifest.max_source_tokens)
+    sources = encode_sources(model.codec.tokenizer, [p.source for p in pairs], model.manifest.max_source_tokens)
     greedy_tokens(model.runtime, model.manifest.special_tokens, sources, max_new_tokens, 8)
     return feeds
 

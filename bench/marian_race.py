@@ -167,11 +167,11 @@ def prepare(work: Path, shape: str, optimum_python: str | None) -> dict[str, str
         pairs = read_split(REPO / "data" / "en-de", "train", 20000)
         spec = RandomMarian(**SHAPES[shape], max_position_embeddings=512, activation="swish",
                             scale_embedding=True, tie_word_embeddings=True, eos_bias=-30.0, seed=0)
-        build_random_marian(checkpoint, [p.en for p in pairs], [p.de for p in pairs], spec)
+        build_random_marian(checkpoint, [p.source for p in pairs], [p.target for p in pairs], spec)
     from transformers import MarianTokenizer
 
     tokenizer = MarianTokenizer.from_pretrained(str(checkpoint))
-    texts = [p.en for p in read_split(REPO / "data" / "en-de", "test", 200)[100:116]]
+    texts = [p.source for p in read_split(REPO / "data" / "en-de", "test", 200)[100:116]]
     (work / "sources.json").write_text(json.dumps(tokenizer(texts).input_ids))
     if not (work / "models" / "opus" / "1").exists():
         _run([sys.executable, "-m", "seqcast.export.cli", "--log-level", "WARNING", "import-hf", str(checkpoint),

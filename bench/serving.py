@@ -48,7 +48,7 @@ POLICIES = ("inflight", "static", "none")
 
 def texts_for_bench() -> list[str]:
     # Sentences, not labels: the longest test-split sources up to 200 characters.
-    texts = sorted((p.en for p in read_split(REPO / "data" / "en-de", "test")), key=len, reverse=True)[:300]
+    texts = sorted((p.source for p in read_split(REPO / "data" / "en-de", "test")), key=len, reverse=True)[:300]
     return [t for t in texts if len(t) <= 200]
 
 

@@ -39,7 +39,7 @@ from conftest import CORPUS, REPO, ServerThread, committed_models
 
 EN_DE = REPO / "models" / "en-de" / "1"
 # Sentences of several words, of different lengths (padded when batched).
-TEXTS = [p.en for p in read_split(CORPUS, "test", 300) if 4 <= len(p.en.split()) <= 12][:6]
+TEXTS = [p.source for p in read_split(CORPUS, "test", 300) if 4 <= len(p.source.split()) <= 12][:6]
 MAX_NEW = 24
 
 
@@ -89,7 +89,7 @@ def test_committed_en_de_bundle_has_alignments_of_its_penultimate_layer() -> Non
     manifest = verify_bundle(EN_DE)
     assert manifest.decoder.alignments == "alignments"
     assert manifest.alignment_layer == default_alignment_layer(manifest.dims["decoder_layers"]) == 1
-    texts = [p.en for p in read_split(CORPUS, "test", 6)]
+    texts = [p.source for p in read_split(CORPUS, "test", 6)]
     alignments, mask, _ = _step_alignments(EN_DE, texts, 5)
     assert (mask == 0).any(), "padded sources"
     _check_rows(alignments, mask)
@@ -101,7 +101,7 @@ def test_adding_alignments_leaves_every_other_output_unchanged(tmp_path: Path) -
     with pytest.raises(ValueError, match="expected one cross-attention Softmax"):
         add_alignments(bundle, layer=7)
     add_alignments(bundle)  # checks the other outputs bit for bit against the graph without it
-    texts = [p.en for p in read_split(CORPUS, "test", 4)]
+    texts = [p.source for p in read_split(CORPUS, "test", 4)]
     ours, _, ours_logits = _step_alignments(bundle, texts, 3)
     committed, _, committed_logits = _step_alignments(EN_DE, texts, 3)
     for a, b in zip(ours + ours_logits, committed + committed_logits):
@@ -112,7 +112,7 @@ def test_trained_transformer_exports_pytorch_cross_attention_head_mean(runs: dic
     bundle = model_dir / "tiny-transformer" / "1"
     manifest = Manifest.read(bundle)
     assert manifest.decoder.alignments == "alignments" and manifest.alignment_layer == 0  # 2 layers: the first
-    texts = [p.en for p in read_split(CORPUS, "test", 5)]
+    texts = [p.source for p in read_split(CORPUS, "test", 5)]
     alignments, mask, _ = _step_alignments(bundle, texts, 4)
     _check_rows(alignments, mask)
     # PyTorch: the whole prefix at once, layer 0's cross-attention probabilities by hand.

@@ -140,18 +140,18 @@ def test_split_is_deterministic_and_groups_never_cross_splits() -> None:
         for pair in items:
             assert owner.setdefault(pair.group, split) == split
     assert len(first["test"]) >= 5 and len(first["dev"]) >= 3
-    assert any(p.source == data.TRANS_SOURCE for p in first["train"])
+    assert any(p.origin == data.TRANS_SOURCE for p in first["train"])
 
     packages_only = data.assign_splits(pairs, seed=7, targets=data.SplitTargets(test=(5, 8), dev=(3, 6), trans_test=0.0, trans_dev=0.0))
-    assert {p.source for p in packages_only["test"]} and 5 <= len(packages_only["test"]) <= 8
-    assert data.TRANS_SOURCE not in {p.source for p in packages_only["test"] + packages_only["dev"]}
+    assert {p.origin for p in packages_only["test"]} and 5 <= len(packages_only["test"]) <= 8
+    assert data.TRANS_SOURCE not in {p.origin for p in packages_only["test"] + packages_only["dev"]}
 
 
 def test_held_out_english_never_in_train() -> None:
     splits = data.assign_splits(_synthetic_pairs(), seed=3, targets=data.SplitTargets(test=(3, 3), dev=(3, 3), max_package=3))
-    held_out = {p.en for p in splits["test"] + splits["dev"]}
-    assert held_out and not held_out & {p.en for p in splits["train"]}
-    assert not {p.en for p in splits["test"]} & {p.en for p in splits["dev"]}
+    held_out = {p.source for p in splits["test"] + splits["dev"]}
+    assert held_out and not held_out & {p.source for p in splits["train"]}
+    assert not {p.source for p in splits["test"]} & {p.source for p in splits["dev"]}
 
 
 # --- the whole build ---------------------------------------------------------
@@ -165,7 +165,7 @@ def test_build_corpus_writes_reproducible_splits(sources: Path, tmp_path: Path) 
 
     rows = {split: read_split(tmp_path / "a", split) for split in data.SPLITS}
     assert {len(v) for v in rows.values()} and sum(map(len, rows.values())) == stats.total
-    sources_by_split = {split: {r.source for r in v} for split, v in rows.items()}
+    sources_by_split = {split: {r.origin for r in v} for split, v in rows.items()}
     packages = {"alpha", "beta", "gamma"}
     for a in data.SPLITS:
         for b in data.SPLITS:
@@ -174,9 +174,9 @@ def test_build_corpus_writes_reproducible_splits(sources: Path, tmp_path: Path) 
     all_rows = [r for v in rows.values() for r in v]
     with gzip.open(tmp_path / "a" / "train.jsonl.gz", "rt", encoding="utf-8") as f:
         assert set(json.loads(f.readline())) == {"en", "de", "source"}
-    assert len({(r.en, r.de) for r in all_rows}) == len(all_rows)
-    assert ("Street", "Strasse") not in {(r.en, r.de) for r in all_rows}  # de_CH skipped
-    assert {"It's raining cats and dogs.", "to go to the other extreme"} <= {r.en for r in all_rows}
+    assert len({(r.source, r.target) for r in all_rows}) == len(all_rows)
+    assert ("Street", "Strasse") not in {(r.source, r.target) for r in all_rows}  # de_CH skipped
+    assert {"It's raining cats and dogs.", "to go to the other extreme"} <= {r.source for r in all_rows}
 
     written = json.loads((tmp_path / "a" / "stats.json").read_text())
     assert written["total"] == stats.total == sum(written["splits"].values())

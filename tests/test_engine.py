@@ -23,7 +23,7 @@ from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
 from conftest import CORPUS, start_server
 
-TEXTS = [p.en for p in read_split(CORPUS, "test", 24)]
+TEXTS = [p.source for p in read_split(CORPUS, "test", 24)]
 TRANSLATORS = ["tiny-transformer", "tiny-gru"]
 # High temperature: tokens are close to uniform, so end-of-sequence is rare and rows run long.
 LONG = Sampling(temperature=5.0, seed=1)

@@ -60,7 +60,7 @@ def test_onnx_logits_match_pytorch_across_batch_source_and_past_lengths(runs, mo
 def test_cached_greedy_equals_uncached_and_pytorch_on_real_sentences(runs, model_dir, name) -> None:
     model, _, tokenizer, torch_rt, onnx_rt = _torch_and_onnx(runs, model_dir, name)
     pairs = read_split(CORPUS, "test", 24)
-    sources = [e.ids + [SPECIAL.eos] for e in tokenizer.encode_batch([p.en for p in pairs])]
+    sources = [e.ids + [SPECIAL.eos] for e in tokenizer.encode_batch([p.source for p in pairs])]
     uncached = [greedy_uncached(model, s, SPECIAL, 48) for s in sources]
     cached = greedy_tokens(torch_rt, SPECIAL, sources, 48)
     served = greedy_tokens(onnx_rt, SPECIAL, sources, 48)

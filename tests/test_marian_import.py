@@ -80,14 +80,14 @@ def marian(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Imported]:
     """Both random Marians, built and imported through `seqcast import-hf` once."""
     root = tmp_path_factory.mktemp("marian")
     pairs = read_split(CORPUS, "train", 3000)
-    english, german = [p.en for p in pairs], [p.de for p in pairs]
+    english, german = [p.source for p in pairs], [p.target for p in pairs]
     return {"main": _import(root, "opus-tiny", MAIN, english, german),
             "variant": _import(root, "opus-tiny-separate", VARIANT, english, german)}
 
 
 @pytest.fixture(scope="session")
 def test_sentences() -> list[str]:
-    return [p.en for p in read_split(CORPUS, "test", 400)]
+    return [p.source for p in read_split(CORPUS, "test", 400)]
 
 
 def _source_ids(m: Imported, texts: list[str]) -> list[list[int]]:
@@ -430,10 +430,10 @@ def _tokenizer_sentences() -> list[tuple[str, str]]:
     quota = {"markup": 300, "placeholder": 300, "non-ascii": 300, "plain": 200}
     kinds: dict[str, list[tuple[str, str]]] = {k: [] for k in quota}
     for p in pairs:
-        text = p.en + p.de
-        kind = ("markup" if _MARKUP.search(p.en) else "placeholder" if _PLACEHOLDER.search(p.en)
+        text = p.source + p.target
+        kind = ("markup" if _MARKUP.search(p.source) else "placeholder" if _PLACEHOLDER.search(p.source)
                 else "non-ascii" if not text.isascii() else "plain")
-        kinds[kind].append((p.en, p.de))
+        kinds[kind].append((p.source, p.target))
     return [pair for kind, group in kinds.items() for pair in group[: quota[kind]]]
 
 

@@ -22,29 +22,29 @@ MICRO = ["--vocab-size", "300", "--d-model", "32", "--n-heads", "2", "--layers",
 
 
 def _tsv(path: Path) -> Path:
-    path.write_text("".join(f"{p.en}\t{p.de}\n" for p in [*PAIRS, *PAIRS[:20]]), encoding="utf-8")
+    path.write_text("".join(f"{p.source}\t{p.target}\n" for p in [*PAIRS, *PAIRS[:20]]), encoding="utf-8")
     return path
 
 
 def _aligned(folder: Path) -> tuple[Path, Path]:
     source, target = folder / "train.en", folder / "train.de"
-    source.write_text("".join(f"{p.en}\n" for p in PAIRS), encoding="utf-8")
-    target.write_text("".join(f"{p.de}\n" for p in PAIRS), encoding="utf-8")
+    source.write_text("".join(f"{p.source}\n" for p in PAIRS), encoding="utf-8")
+    target.write_text("".join(f"{p.target}\n" for p in PAIRS), encoding="utf-8")
     return source, target
 
 
 def test_user_text_splits_are_disjoint_by_source_and_the_same_on_every_read(tmp_path: Path) -> None:
     tsv = _tsv(tmp_path / "pairs.tsv")
     splits = {name: read_split(tsv, name) for name in ("train", "dev", "test")}
-    sources = {name: {p.en for p in pairs} for name, pairs in splits.items()}
-    distinct = len({p.en for p in PAIRS})
+    sources = {name: {p.source for p in pairs} for name, pairs in splits.items()}
+    distinct = len({p.source for p in PAIRS})
     assert len(sources["dev"]) == len(sources["test"]) == round(distinct * HELD_OUT_SHARE)
     assert not (sources["train"] & sources["dev"]) and not (sources["train"] & sources["test"])
     assert not (sources["dev"] & sources["test"])
     assert sum(map(len, splits.values())) == len(PAIRS) + 20  # every pair lands in one split
     assert read_split(tsv, "dev") == splits["dev"]
     # The same pairs as aligned files split the same way.
-    assert {p.en for p in read_split(_aligned(tmp_path), "test")} == sources["test"]
+    assert {p.source for p in read_split(_aligned(tmp_path), "test")} == sources["test"]
 
 
 @pytest.mark.parametrize(("write", "message"), [
@@ -62,7 +62,7 @@ def test_a_malformed_tsv_is_refused_with_its_file_and_line(tmp_path: Path, write
 
 def test_aligned_files_of_different_lengths_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source, target = _aligned(tmp_path)
-    target.write_text("".join(f"{p.de}\n" for p in PAIRS[:-3]), encoding="utf-8")
+    target.write_text("".join(f"{p.target}\n" for p in PAIRS[:-3]), encoding="utf-8")
     code = seqcast(["--log-level", "WARNING", "train", "--run-dir", str(tmp_path / "run"), *MICRO,
                     "--corpus", str(source), str(target)])
     assert code == 2

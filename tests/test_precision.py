@@ -85,7 +85,7 @@ def test_int8_sentences_decode_the_same_alone_and_in_batches_of_16(en_de_int8: P
     (ONNX Runtime's quantize_dynamic, one scale per call, changes some of these 64: see
     docs/benchmarks.md.)"""
     model = open_bundle(en_de_int8, RuntimeOptions(device="cpu"))
-    sources = model.codec.encode([pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)])
+    sources = model.codec.encode([pair.source for pair in read_split(REPO / "data" / "en-de", "test", 64)])
     special = model.manifest.special_tokens
     alone = greedy_tokens(model.runtime, special, sources, 32, batch_size=1)
     assert greedy_tokens(model.runtime, special, sources, 32, batch_size=16) == alone
@@ -96,7 +96,7 @@ def test_the_server_lists_an_int8_bundle_and_batching_never_changes_its_tokens(e
     requests joining it under in-flight batching each get what the int8 bundle's own decoding of
     that text alone gives."""
     models = committed_models(en_de_int8.parents[1], ("en-de",))
-    texts = [pair.en for pair in read_split(REPO / "data" / "en-de", "test", 64)]
+    texts = [pair.source for pair in read_split(REPO / "data" / "en-de", "test", 64)]
     model = open_bundle(en_de_int8, RuntimeOptions(device="cpu"))
     alone = greedy_tokens(model.runtime, model.manifest.special_tokens, model.codec.encode(texts), 32, batch_size=1)
     expected = [model.codec.decode(tokens) for tokens in alone]

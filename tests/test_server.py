@@ -23,7 +23,7 @@ from seqcast.v1 import seqcast_pb2_grpc as pb_grpc
 
 from conftest import CORPUS, REPO, start_server
 
-TEXTS = [p.en for p in read_split(CORPUS, "test", 6)]
+TEXTS = [p.source for p in read_split(CORPUS, "test", 6)]
 
 
 @pytest.fixture()

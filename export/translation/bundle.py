@@ -58,7 +58,7 @@ def export_bundle(
         export_pair(graphs, work, cfg.vocab_size)
         shutil.copy(run_dir / "tokenizer.json", work / "tokenizer.json")
         test = read_split(corpus, "test", PARITY_SENTENCES)
-        sources = encode_sources(tokenizer, [p.en for p in test], cfg.max_tokens)
+        sources = encode_sources(tokenizer, [p.source for p in test], cfg.max_tokens)
         report = check_parity(model, graphs, work, SPECIAL, cfg.vocab_size, sources, tolerance=tolerance)
         log.info(
             "parity ok: encoder %.2e, decoder %.2e over %d cases; %d sentences decoded identically",

@@ -32,12 +32,13 @@ from seqcast.export.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 @dataclass(frozen=True)
 class Pair:
-    """One sentence pair: source text, its translation, and where it comes from (a package name,
-    trans-de-en, or the user's file name)."""
+    """One sentence pair: the source text, its translation, and where it comes from (a package
+    name, trans-de-en, or the user's file name). The built en-de corpus stores them as "en",
+    "de" and "source"."""
 
-    en: str
-    de: str
     source: str
+    target: str
+    origin: str
     # The unit the corpus builder splits by (a package, or one dictionary line); not written.
     group: str = ""
 
@@ -107,21 +108,21 @@ def read_parallel_text(paths: Sequence[Path]) -> list[Pair]:
         pairs = [Pair(s.strip(), t.strip(), paths[0].name) for s, t in zip(sources, targets)]
     else:
         raise ValueError(f"a corpus is one directory or TSV file, or two aligned text files; got {len(paths)} paths")
-    return [p for p in pairs if p.en and p.de]
+    return [p for p in pairs if p.source and p.target]
 
 
 def _held_out_split(pairs: list[Pair], split: str) -> list[Pair]:
     """The module docstring's rule: dev and test are distinct sources chosen by a hash of their text."""
-    distinct = sorted({p.en for p in pairs}, key=lambda text: hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest())
+    distinct = sorted({p.source for p in pairs}, key=lambda text: hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest())
     if len(distinct) < 3:
         raise ValueError(f"a corpus needs at least 3 distinct source sentences for train, dev and test; it has {len(distinct)}")
     n = max(1, min(round(len(distinct) * HELD_OUT_SHARE), HELD_OUT_MAX))
     dev, test = set(distinct[:n]), set(distinct[n : 2 * n])
     if split == "dev":
-        return [p for p in pairs if p.en in dev]
+        return [p for p in pairs if p.source in dev]
     if split == "test":
-        return [p for p in pairs if p.en in test]
-    return [p for p in pairs if p.en not in dev and p.en not in test]
+        return [p for p in pairs if p.source in test]
+    return [p for p in pairs if p.source not in dev and p.source not in test]
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,8 @@ class EncodedPair:
 
 def encode_pairs(pairs: list[Pair], tokenizer: Tokenizer, max_tokens: int) -> list[EncodedPair]:
     """Tokenizes pairs; drops pairs whose source or target exceeds max_tokens."""
-    src = tokenizer.encode_batch([p.en for p in pairs])
-    tgt = tokenizer.encode_batch([p.de for p in pairs])
+    src = tokenizer.encode_batch([p.source for p in pairs])
+    tgt = tokenizer.encode_batch([p.target for p in pairs])
     out = []
     for s, t in zip(src, tgt):
         if len(s.ids) + 1 <= max_tokens and len(t.ids) + 2 <= max_tokens + 1:

@@ -328,7 +328,7 @@ def deduplicate(pairs: Iterable[Pair]) -> list[Pair]:
     seen: set[tuple[str, str]] = set()
     out = []
     for pair in pairs:
-        key = (pair.en, pair.de)
+        key = (pair.source, pair.target)
         if key not in seen:
             seen.add(key)
             out.append(pair)
@@ -352,13 +352,13 @@ def assign_splits(pairs: list[Pair], seed: int = 0, targets: SplitTargets = Spli
     trans_split: dict[str, str] = {}
     sizes: Counter = Counter()
     for pair in pairs:
-        if pair.source == TRANS_SOURCE:
+        if pair.origin == TRANS_SOURCE:
             if pair.group not in trans_split:
                 u = _unit_hash(seed, pair.group)
                 split = "test" if u < targets.trans_test else "dev" if u < targets.trans_test + targets.trans_dev else "train"
                 trans_split[pair.group] = split
             sizes[trans_split[pair.group]] += 1
-    package_sizes = Counter(p.group for p in pairs if p.source != TRANS_SOURCE)
+    package_sizes = Counter(p.group for p in pairs if p.origin != TRANS_SOURCE)
     packages = sorted(package_sizes)
     random.Random(seed).shuffle(packages)
     package_split = {name: "train" for name in packages}
@@ -376,12 +376,12 @@ def assign_splits(pairs: list[Pair], seed: int = 0, targets: SplitTargets = Spli
 
     splits: dict[str, list[Pair]] = {name: [] for name in SPLITS}
     for pair in pairs:
-        group_split = trans_split if pair.source == TRANS_SOURCE else package_split
+        group_split = trans_split if pair.origin == TRANS_SOURCE else package_split
         splits[group_split[pair.group]].append(pair)
-    test_en = {p.en for p in splits["test"]}
-    splits["dev"] = [p for p in splits["dev"] if p.en not in test_en]
-    held_out = test_en | {p.en for p in splits["dev"]}
-    splits["train"] = [p for p in splits["train"] if p.en not in held_out]
+    test_en = {p.source for p in splits["test"]}
+    splits["dev"] = [p for p in splits["dev"] if p.source not in test_en]
+    held_out = test_en | {p.source for p in splits["dev"]}
+    splits["train"] = [p for p in splits["train"] if p.source not in held_out]
     return splits
 
 
@@ -389,7 +389,7 @@ def write_split(path: Path, pairs: Iterable[Pair]) -> None:
     """Write pairs as gzip-compressed JSON lines with reproducible bytes."""
     with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         for pair in pairs:
-            record = {"en": pair.en, "de": pair.de, "source": pair.source}
+            record = {"en": pair.source, "de": pair.target, "source": pair.origin}
             gz.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
@@ -415,7 +415,7 @@ def build_corpus(
         write_split(out_dir / f"{split}.jsonl.gz", splits[split])
         stats.splits[split] = len(splits[split])
         for pair in splits[split]:
-            counts = stats.sources.setdefault(pair.source, {name: 0 for name in SPLITS})
+            counts = stats.sources.setdefault(pair.origin, {name: 0 for name in SPLITS})
             counts[split] += 1
     stats.sources = dict(sorted(stats.sources.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])))
     (out_dir / "stats.json").write_text(json.dumps(stats.to_json(), indent=2, ensure_ascii=False) + "\n")

@@ -65,8 +65,8 @@ def translate_with_bundle(bundle_dir: Path, texts: list[str], batch_size: int = 
 
 def evaluate_bundle(bundle_dir: Path, pairs: list[Pair]) -> Scores:
     started = time.perf_counter()
-    hypotheses = translate_with_bundle(bundle_dir, [p.en for p in pairs])
-    return corpus_scores(f"{bundle_dir.parent.name} v{bundle_dir.name}", hypotheses, [p.de for p in pairs], time.perf_counter() - started)
+    hypotheses = translate_with_bundle(bundle_dir, [p.source for p in pairs])
+    return corpus_scores(f"{bundle_dir.parent.name} v{bundle_dir.name}", hypotheses, [p.target for p in pairs], time.perf_counter() - started)
 
 
 def nearest_neighbour_baseline(train: list[Pair], pairs: list[Pair]) -> Scores:
@@ -74,14 +74,14 @@ def nearest_neighbour_baseline(train: list[Pair], pairs: list[Pair]) -> Scores:
 
     started = time.perf_counter()
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, dtype=np.float32)
-    train_matrix = vectorizer.fit_transform([p.en for p in train])
-    queries = vectorizer.transform([p.en for p in pairs])
+    train_matrix = vectorizer.fit_transform([p.source for p in train])
+    queries = vectorizer.transform([p.source for p in pairs])
     best = []
     for start in range(0, queries.shape[0], 256):
         similarity = queries[start : start + 256] @ train_matrix.T  # rows are L2-normalised: cosine
         best.extend(np.asarray(similarity.argmax(axis=1)).ravel().tolist())
-    hypotheses = [train[i].de for i in best]
-    return corpus_scores("nearest-neighbour retrieval", hypotheses, [p.de for p in pairs], time.perf_counter() - started)
+    hypotheses = [train[i].target for i in best]
+    return corpus_scores("nearest-neighbour retrieval", hypotheses, [p.target for p in pairs], time.perf_counter() - started)
 
 
 def evaluate(bundles: list[Path], corpus: Sequence[Path], split: str, baseline: bool, limit: int | None = None) -> list[Scores]:

@@ -82,10 +82,10 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 def evaluate_torch(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], max_tokens: int) -> dict[str, float]:
     """chrF and BLEU of greedy PyTorch decoding on `pairs` (over-long sources are truncated)."""
     runtime = TorchRuntime(graphs_for(model))
-    sources = encode_sources(tokenizer, [p.en for p in pairs], max_tokens)
+    sources = encode_sources(tokenizer, [p.source for p in pairs], max_tokens)
     outputs = greedy_tokens(runtime, SPECIAL, sources, max_tokens, batch_size=64)
     hyps = tokenizer.decode_batch(outputs)
-    return score(hyps, [p.de for p in pairs])
+    return score(hyps, [p.target for p in pairs])
 
 
 class TranslationTrainer:
@@ -140,7 +140,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         tokenizer = Tokenizer.from_file(str(tok_file))
     else:
         log.info("training a %d-token BPE tokenizer on %d pairs", cfg.vocab_size, len(train_pairs))
-        tokenizer = train_tokenizer((t for p in train_pairs for t in (p.en, p.de)), cfg.vocab_size, tok_file)
+        tokenizer = train_tokenizer((t for p in train_pairs for t in (p.source, p.target)), cfg.vocab_size, tok_file)
     train_data = encode_pairs(train_pairs, tokenizer, cfg.max_tokens)
     dev_data = encode_pairs(dev_pairs, tokenizer, cfg.max_tokens)
     if not train_data or not dev_data:
