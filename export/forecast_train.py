@@ -30,8 +30,9 @@ from seqcast.server.decoding import forecast_values
 log = logging.getLogger(__name__)
 
 def context_length(cfg: ForecastConfig) -> int:
-    """Values of history the model sees: the task's, or the AR order if that is longer."""
-    return max(TASKS[cfg.data].context_length, cfg.ar_order)
+    """Values of history the model sees: the task's, or the AR order, MLP or Theta lookback if longer."""
+    theta = cfg.theta_lookbacks if cfg.theta_weight else ()
+    return max(TASKS[cfg.data].context_length, cfg.ar_order, *cfg.lookbacks, *theta)
 
 
 def min_context(cfg: ForecastConfig) -> int:
@@ -149,7 +150,7 @@ def _train_neural(
     run_dir: Path,
     history: list[dict],
 ) -> tuple[float, int]:
-    sampler = WindowSampler(series, task, np.random.default_rng(cfg.seed))
+    sampler = WindowSampler(series, replace(task, context_length=context_length(cfg)), np.random.default_rng(cfg.seed))
     free = np.random.default_rng(cfg.seed + 1)
     levels = torch.tensor(cfg.quantile_levels, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
