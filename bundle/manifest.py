@@ -231,7 +231,7 @@ class Manifest(_Frozen):
     version: str
     task: Literal["translation", "forecast"]
     # "marian": a post-layer-norm transformer imported from a Hugging Face Marian checkpoint.
-    architecture: Literal["transformer", "marian", "gru-attention", "lstm-additive", "lstm-dot", "ar"]
+    architecture: Literal["transformer", "marian", "gru-attention", "lstm-additive", "lstm-dot", "ar", "mlp"]
     # Model dimensions, e.g. layers, heads, head_dim, d_model, vocab_size.
     dims: dict[str, int]
     # Translation only: tokens, tokenizer file and limits.

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
 
 Architecture = Literal["transformer", "gru-attention"]
-ForecastArchitecture = Literal["transformer", "lstm-additive", "lstm-dot", "ar"]
+ForecastArchitecture = Literal["transformer", "lstm-additive", "lstm-dot", "ar", "mlp"]
 # "csv": the series of a user's CSV file (ForecastConfig.csv).
 ForecastData = Literal["tourism", "vic_elec", "csv"]
 # Quantile levels of every neural forecaster; 0.5 (the median) is the point forecast.
@@ -144,7 +144,8 @@ class ForecastConfig:
     # The CSV file read when data is "csv", and only then.
     csv: CsvSource | None = None
     architecture: ForecastArchitecture = "transformer"
-    # Model size: transformer width/heads/layers/feed-forward; LSTM units = d_model.
+    # Model size: transformer width/heads/layers/feed-forward; LSTM units = d_model; MLP hidden
+    # width = d_model and hidden layers = layers (0: linear).
     d_model: int = 64
     n_heads: int = 4
     layers: int = 2
@@ -153,6 +154,15 @@ class ForecastConfig:
     # AR(p) order; 0 = the data set's default.
     ar_order: int = 0
     quantile_levels: tuple[float, ...] = QUANTILE_LEVELS
+    # MLP ensemble: members (trained each on its own loss, quantiles averaged) and the values of
+    # history each reads, cycled over the members; () = the data set's context length.
+    members: int = 1
+    lookbacks: tuple[int, ...] = ()
+    # LSTMs only: share of the point forecast taken from the Theta method (the mean of its
+    # forecasts from each of the last `theta_lookbacks` values; multiplicative seasonality, so
+    # for data scaled without centring); the LSTM's quantiles move with the point. 0 = none.
+    theta_weight: float = 0.0
+    theta_lookbacks: tuple[int, ...] = (40, 48, 64)
     # Share of training batches decoded free-running (fed the model's own median) instead of
     # teacher-forced; the rest see the true previous values. None: the data set's default.
     free_running: float | None = None

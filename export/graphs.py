@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from seqcast.bundle.manifest import DecoderSpec, EncoderSpec, StateSpec, StaticSpec, TensorSpec
-from seqcast.export.forecast.forecasters import ArForecaster, LstmForecaster, TransformerForecaster
+from seqcast.export.forecast.forecasters import ArForecaster, LstmForecaster, MlpForecaster, ThetaBlend, TransformerForecaster
 from seqcast.export.transformer import Transformer
 from seqcast.export.translation.gru import GruAttention
 
@@ -211,11 +211,11 @@ def gru_graphs(model: GruAttention) -> GraphPair:
 
 
 class LstmEncoderGraph(nn.Module):
-    def __init__(self, model: LstmForecaster) -> None:
+    def __init__(self, model: LstmForecaster | ThetaBlend) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_values: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, input_values: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, ...]:
         return self.model.encode(input_values, encoder_attention_mask)
 
 
@@ -228,6 +228,18 @@ class LstmDecoderGraph(nn.Module):
         self, input_values: Tensor, encoder_attention_mask: Tensor, states: Tensor, keys: Tensor, h: Tensor, c: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         return self.model.step(input_values, encoder_attention_mask, states, keys, h, c)
+
+
+class ThetaBlendDecoderGraph(nn.Module):
+    def __init__(self, model: ThetaBlend) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_values: Tensor, encoder_attention_mask: Tensor, states: Tensor, keys: Tensor, h: Tensor, c: Tensor,
+        past_theta: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.model.step(input_values, encoder_attention_mask, states, keys, h, c, past_theta)
 
 
 class ArEncoderGraph(nn.Module):
@@ -246,6 +258,24 @@ class ArDecoderGraph(nn.Module):
 
     def forward(self, input_values: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor]:
         return self.model.step(input_values, past_values)
+
+
+class MlpEncoderGraph(nn.Module):
+    def __init__(self, model: MlpForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor]:
+        return (self.model.encode(input_values, encoder_attention_mask),)
+
+
+class MlpDecoderGraph(nn.Module):
+    def __init__(self, model: MlpForecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: Tensor, past_quantiles: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.step(input_values, past_quantiles)
 
 
 _VALUES = TensorSpec(name="input_values", dtype=F32, shape=["batch", "source_length"])
@@ -348,6 +378,53 @@ def lstm_graphs(model: LstmForecaster) -> GraphPair:
     return GraphPair(LstmEncoderGraph(model), LstmDecoderGraph(model), encoder_spec, decoder_spec)
 
 
+def theta_blend_graphs(model: ThetaBlend) -> GraphPair:
+    """The LSTM's graphs over the last N = `neural_context` values (a fixed width: shorter
+    contexts are masked), plus Theta's forecasts: an encoder output that seeds one more state."""
+    d, q, n, h = model.cfg.d_model, len(model.cfg.quantile_levels), model.neural_context, model.horizon
+    mask = TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", n])
+    states = TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", n, d])
+    keys = TensorSpec(name="encoder_attention_keys", dtype=F32, shape=["batch", n, d])
+    lstm_state = [TensorSpec(name=f"{kind}_state.{x}", dtype=F32, shape=["batch", d]) for kind in ("past", "present") for x in "hc"]
+    encoder_spec = EncoderSpec(
+        source="input_values",
+        inputs=[_VALUES, _SOURCE_MASK],
+        outputs=[
+            TensorSpec(name="neural_attention_mask", dtype=I64, shape=["batch", n]),
+            states,
+            keys,
+            TensorSpec(name="initial_state.h", dtype=F32, shape=["batch", d]),
+            TensorSpec(name="initial_state.c", dtype=F32, shape=["batch", d]),
+            TensorSpec(name="initial_theta", dtype=F32, shape=["batch", h]),
+        ],
+    )
+    decoder_spec = DecoderSpec(
+        feed="input_values",
+        output="quantiles",
+        state=[
+            StateSpec(input="past_state.h", output="present_state.h", init="encoder", source="initial_state.h"),
+            StateSpec(input="past_state.c", output="present_state.c", init="encoder", source="initial_state.c"),
+            StateSpec(input="past_theta", output="present_theta", init="encoder", source="initial_theta"),
+        ],
+        static=[
+            StaticSpec(input="encoder_attention_mask", source="neural_attention_mask", seq_axis=1),
+            StaticSpec(input="encoder_hidden_states", source="encoder_hidden_states", seq_axis=1),
+            StaticSpec(input="encoder_attention_keys", source="encoder_attention_keys", seq_axis=1),
+        ],
+        inputs=[
+            TensorSpec(name="input_values", dtype=F32, shape=["batch", 1]),
+            mask, states, keys, *lstm_state[:2],
+            TensorSpec(name="past_theta", dtype=F32, shape=["batch", h]),
+        ],
+        outputs=[
+            TensorSpec(name="quantiles", dtype=F32, shape=["batch", 1, q]),
+            *lstm_state[2:],
+            TensorSpec(name="present_theta", dtype=F32, shape=["batch", h]),
+        ],
+    )
+    return GraphPair(LstmEncoderGraph(model), ThetaBlendDecoderGraph(model), encoder_spec, decoder_spec)
+
+
 def ar_graphs(model: ArForecaster) -> GraphPair:
     lags = model.order - 1
     encoder_spec = EncoderSpec(
@@ -372,6 +449,31 @@ def ar_graphs(model: ArForecaster) -> GraphPair:
     return GraphPair(ArEncoderGraph(model), ArDecoderGraph(model), encoder_spec, decoder_spec)
 
 
+def mlp_graphs(model: MlpForecaster) -> GraphPair:
+    pending = [model.horizon, len(model.cfg.quantile_levels)]
+    encoder_spec = EncoderSpec(
+        source="input_values",
+        inputs=[_VALUES, _SOURCE_MASK],
+        outputs=[TensorSpec(name="initial_quantiles", dtype=F32, shape=["batch", *pending])],
+    )
+    decoder_spec = DecoderSpec(
+        feed="input_values",
+        output="quantiles",
+        # Every step is forecast by the encoder; the state is the steps not yet emitted.
+        state=[StateSpec(input="past_quantiles", output="present_quantiles", init="encoder", source="initial_quantiles")],
+        static=[],
+        inputs=[
+            TensorSpec(name="input_values", dtype=F32, shape=["batch", 1]),
+            TensorSpec(name="past_quantiles", dtype=F32, shape=["batch", *pending]),
+        ],
+        outputs=[
+            TensorSpec(name="quantiles", dtype=F32, shape=["batch", 1, pending[1]]),
+            TensorSpec(name="present_quantiles", dtype=F32, shape=["batch", *pending]),
+        ],
+    )
+    return GraphPair(MlpEncoderGraph(model), MlpDecoderGraph(model), encoder_spec, decoder_spec)
+
+
 def graphs_for(model: nn.Module) -> GraphPair:
     if isinstance(model, Transformer):
         return transformer_graphs(model)
@@ -381,8 +483,12 @@ def graphs_for(model: nn.Module) -> GraphPair:
         return forecast_transformer_graphs(model)
     if isinstance(model, LstmForecaster):
         return lstm_graphs(model)
+    if isinstance(model, ThetaBlend):
+        return theta_blend_graphs(model)
     if isinstance(model, ArForecaster):
         return ar_graphs(model)
+    if isinstance(model, MlpForecaster):
+        return mlp_graphs(model)
     raise TypeError(f"no export graphs for {type(model).__name__}")
 
 

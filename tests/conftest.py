@@ -46,7 +46,9 @@ _TINY_FORECAST = ["--data", "tourism", "--d-model", "16", "--n-heads", "2", "--l
 TINY_FORECASTERS = {"tiny-forecast-transformer": ["--architecture", "transformer"],
                     "tiny-forecast-lstm-additive": ["--architecture", "lstm-additive"],
                     "tiny-forecast-lstm-dot": ["--architecture", "lstm-dot"],
-                    "tiny-forecast-ar": ["--architecture", "ar"]}
+                    "tiny-forecast-ar": ["--architecture", "ar"],
+                    "tiny-forecast-mlp": ["--architecture", "mlp", "--members", "2"],
+                    "tiny-forecast-lstm-theta": ["--architecture", "lstm-dot", "--theta-weight", "0.5"]}
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from seqcast.bundle.manifest import ForecastSpec, Manifest
 from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
 from seqcast.export.config import ForecastConfig
 from seqcast.export.forecast.data import Window, forecast_task, scaled_contexts, windows
-from seqcast.export.forecast.forecasters import ArForecaster, TransformerForecaster
+from seqcast.export.forecast.forecasters import ArForecaster, MlpForecaster, TransformerForecaster
 from seqcast.export.forecast.train import context_length, load_forecaster, min_context, point_column
 from seqcast.export.graphs import GraphPair, TorchRuntime, graphs_for
 from seqcast.export.onnx_export import export_pair
@@ -94,6 +94,8 @@ def _dims(model: nn.Module, cfg: ForecastConfig) -> dict[str, int]:
     dims = {"d_model": cfg.d_model, "quantiles": len(cfg.quantile_levels)}
     if isinstance(model, TransformerForecaster):
         return {**dims, "layers": cfg.layers, "n_heads": cfg.n_heads, "head_dim": model.head_dim, "d_ff": cfg.d_ff}
+    if isinstance(model, MlpForecaster):
+        return {**dims, "layers": cfg.layers, "members": cfg.members, "max_lookback": max(m.lookback for m in model.members)}
     return {**dims, "layers": 1}  # one LSTM layer each side
 
 

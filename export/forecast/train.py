@@ -38,8 +38,9 @@ _RESUMABLE = frozenset({"steps", "eval_every", "checkpoint_every", "threads"})
 
 
 def context_length(cfg: ForecastConfig) -> int:
-    """Values of history the model sees: the task's, or the AR order if that is longer."""
-    return max(forecast_task(cfg).context_length, cfg.ar_order)
+    """Values of history the model sees: the task's, or the AR order, MLP or Theta lookback if longer."""
+    theta = cfg.theta_lookbacks if cfg.theta_weight else ()
+    return max(forecast_task(cfg).context_length, cfg.ar_order, *cfg.lookbacks, *theta)
 
 
 def min_context(cfg: ForecastConfig) -> int:
@@ -107,7 +108,7 @@ class ForecastTrainer:
     def __init__(self, cfg: ForecastConfig, model: nn.Module, task: ForecastTask, series: list[np.ndarray],
                  validation: list[Window], season: int) -> None:
         self.cfg, self.model, self.task, self.validation, self.season = cfg, model, task, validation, season
-        self.sampler = WindowSampler(series, task, np.random.default_rng(cfg.seed))
+        self.sampler = WindowSampler(series, replace(task, context_length=context_length(cfg)), np.random.default_rng(cfg.seed))
         self.free = np.random.default_rng(cfg.seed + 1)
         self.levels = torch.tensor(cfg.quantile_levels, dtype=torch.float32)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
