@@ -55,12 +55,18 @@ MODELS = [
           ("--data", "tourism", "--architecture", "lstm-dot", "--lr", "1e-3", "--threads", "1"), 2500, 20, 120),
     Model("tourism-lstm-additive", "train-forecast",
           ("--data", "tourism", "--architecture", "lstm-additive", "--lr", "1e-3", "--threads", "1"), 2500, 20, 120),
+    Model("tourism-lstm-theta (LSTM + Theta blend)", "train-forecast",
+          ("--data", "tourism", "--architecture", "lstm-dot", "--theta-weight", "0.5", "--lr", "1e-3", "--threads", "1"),
+          2500, 20, 120),
     Model("vic-elec (transformer)", "train-forecast",
           ("--data", "vic_elec", "--architecture", "transformer", "--batch-size", "32", "--lr", "1e-3", "--threads", "1"),
           1000, 10, 60),
     Model("vic-elec-lstm-dot", "train-forecast",
           ("--data", "vic_elec", "--architecture", "lstm-dot", "--batch-size", "32", "--lr", "1e-3", "--threads", "1"),
           1000, 10, 60),
+    Model("vic-elec-mlp (3-member MLP ensemble)", "train-forecast",
+          ("--data", "vic_elec", "--architecture", "mlp", "--layers", "2", "--d-model", "256", "--dropout", "0.1",
+           "--members", "3", "--lookbacks", "336", "672", "1008", "--lr", "1e-3", "--threads", "1"), 2000, 20, 120),
 ]
 
 
