@@ -48,6 +48,10 @@ class ForecastTask:
     # (None: all of it). Long half-hourly series are cut to keep AutoETS fast.
     baseline_history: int | None = None
 
+    def recent(self, history: np.ndarray) -> np.ndarray:
+        """The part of a window's history the baselines see and MASE is scaled on."""
+        return history if self.baseline_history is None else history[-self.baseline_history :]
+
 
 TASKS: dict[str, ForecastTask] = {
     # 304 quarterly series of 80 values: forecast the last 2 years from up to 8 years.

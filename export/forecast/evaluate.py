@@ -88,17 +88,14 @@ def run_forecasts(run_dir: Path, items: list[Window]) -> Forecasts:
 
 def baseline_forecasts(task: ForecastTask, items: list[Window], season: int) -> list[Forecasts]:
     """Every baseline's forecasts of the windows, each timed on its own, with a progress bar."""
-    histories = [w.history if task.baseline_history is None else w.history[-task.baseline_history :] for w in items]
+    histories = [task.recent(w.history) for w in items]
     fitted = baselines_for(histories, [w.key for w in items], season, task.horizon, list(QUANTILE_LEVELS), progress=True)
     return [Forecasts(name, b.point, b.quantiles, b.seconds) for name, b in fitted.items()]
 
 
 def window_mase(task: ForecastTask, items: list[Window], season: int, point: np.ndarray) -> np.ndarray:
     """MASE of each window's point forecast (N, H), scaled on the history the baselines see."""
-    def history(w: Window) -> np.ndarray:
-        return w.history if task.baseline_history is None else w.history[-task.baseline_history :]
-
-    return np.array([mase(w.target, p, history(w), season) for w, p in zip(items, point)])
+    return np.array([mase(w.target, p, task.recent(w.history), season) for w, p in zip(items, point)])
 
 
 def score(task: ForecastTask, items: list[Window], season: int, forecasts: list[Forecasts]) -> list[Score]:

@@ -26,8 +26,8 @@ from seqcast.bundle.decoding import forecast_values
 from seqcast.export.config import ForecastConfig, from_json
 from seqcast.export.fit import BEST, CONFIG, FitSettings, fit, load_weights, save_checkpoint, start_run
 from seqcast.export.forecast.data import ForecastTask, Window, WindowSampler, ar_training_windows, forecast_task, scaled_contexts, training_series, windows
+from seqcast.export.forecast.evaluate import window_mase
 from seqcast.export.forecast.forecasters import ArForecaster, build_forecaster, fit_ar, pinball_loss
-from seqcast.export.forecast.metrics import mase
 from seqcast.export.graphs import TorchRuntime, graphs_for
 from seqcast.export.translation.train import seed_everything
 
@@ -68,10 +68,8 @@ def forecast_windows(model: nn.Module, cfg: ForecastConfig, items: list[Window],
 
 
 def mean_mase(task: ForecastTask, items: list[Window], point: np.ndarray, season: int) -> float:
-    history = task.baseline_history
-    return float(np.mean([
-        mase(w.target, p, w.history if history is None else w.history[-history:], season) for w, p in zip(items, point)
-    ]))
+    """Mean MASE over windows, as `evaluate-forecast` scores it (`window_mase`)."""
+    return float(window_mase(task, items, season, point).mean())
 
 
 def load_forecaster(run_dir: Path, checkpoint: str = BEST) -> tuple[nn.Module, ForecastConfig]:
