@@ -99,7 +99,6 @@ def _data_config(args: argparse.Namespace, **fields: object) -> "ForecastConfig"
     """The config of --data or --csv (the CSV's settings inferred where not given), with `fields`."""
     from seqcast.export.config import CsvSource, ForecastConfig
     from seqcast.export.forecast.csv_source import resolve
-    from seqcast.export.forecast.data import forecast_task
 
     csv_only = {"--column": args.column, "--id-column": args.id_column, "--value-column": args.value_column,
                 "--time-column": args.time_column, "--frequency": args.frequency,
@@ -115,9 +114,7 @@ def _data_config(args: argparse.Namespace, **fields: object) -> "ForecastConfig"
         str(args.csv.resolve()), tuple(args.column), args.id_column, args.value_column, args.time_column,
         args.frequency, args.season_length, args.horizon,
     )
-    cfg = ForecastConfig(data="csv", csv=resolve(source), **fields)  # type: ignore[arg-type]
-    forecast_task(cfg).load()  # every check on the file, before a run directory is made
-    return cfg
+    return ForecastConfig(data="csv", csv=resolve(source), **fields)  # type: ignore[arg-type]
 
 
 def _run_train_forecast(args: argparse.Namespace) -> int:

@@ -134,14 +134,15 @@ class ForecastTrainer:
 def train_forecaster(cfg: ForecastConfig, run_dir: Path, resume: bool = False) -> dict:
     """Trains (or resumes; for AR, fits) a forecaster; returns the metrics also written to metrics.json."""
     torch.set_num_threads(cfg.threads)
+    task = forecast_task(cfg)
     if cfg.architecture == "ar" and not cfg.ar_order:
-        cfg = replace(cfg, ar_order=forecast_task(cfg).ar_order)
+        cfg = replace(cfg, ar_order=task.ar_order)
     if cfg.free_running is None:
-        cfg = replace(cfg, free_running=forecast_task(cfg).free_running)
+        cfg = replace(cfg, free_running=task.free_running)
+    # The data first: a file that can't be trained on is refused before a run directory is made.
+    data = task.load()
     resuming = start_run(run_dir, asdict(cfg), resume, _RESUMABLE)
     seed_everything(cfg.seed)
-    task = forecast_task(cfg)
-    data = task.load()
     series = training_series(task, data)
     validation = windows(task, data, "validation")
     model = build_forecaster(cfg)

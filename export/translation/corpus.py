@@ -16,6 +16,7 @@ one side of the split.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -58,7 +59,7 @@ def read_split(corpus: Path | Sequence[Path], split: str, limit: int | None = No
     if len(paths) == 1 and paths[0].is_dir():
         pairs = _read_built_split(paths[0] / f"{split}.jsonl.gz", limit)
     else:
-        pairs = _held_out_split(read_parallel_text(paths), split)
+        pairs = list(_held_out_splits(tuple(_identity(p) for p in paths))[split])
     return pairs if limit is None else pairs[:limit]
 
 
@@ -111,18 +112,31 @@ def read_parallel_text(paths: Sequence[Path]) -> list[Pair]:
     return [p for p in pairs if p.source and p.target]
 
 
-def _held_out_split(pairs: list[Pair], split: str) -> list[Pair]:
-    """The module docstring's rule: dev and test are distinct sources chosen by a hash of their text."""
+def _identity(path: Path) -> tuple[str, int, int]:
+    """A file as the split cache knows it: path, modification time and size (a changed file is
+    read again); a file that can't be stat'ed is left for the read to report."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return str(path), 0, -1
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _held_out_splits(files: tuple[tuple[str, int, int], ...]) -> dict[str, tuple[Pair, ...]]:
+    """The module docstring's rule, applied once per file version: dev and test are distinct
+    sources chosen by a hash of their text. Training reads all three splits; the file is read once."""
+    pairs = read_parallel_text([Path(name) for name, _, _ in files])
     distinct = sorted({p.source for p in pairs}, key=lambda text: hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest())
     if len(distinct) < 3:
         raise ValueError(f"a corpus needs at least 3 distinct source sentences for train, dev and test; it has {len(distinct)}")
     n = max(1, min(round(len(distinct) * HELD_OUT_SHARE), HELD_OUT_MAX))
     dev, test = set(distinct[:n]), set(distinct[n : 2 * n])
-    if split == "dev":
-        return [p for p in pairs if p.source in dev]
-    if split == "test":
-        return [p for p in pairs if p.source in test]
-    return [p for p in pairs if p.source not in dev and p.source not in test]
+    return {
+        "train": tuple(p for p in pairs if p.source not in dev and p.source not in test),
+        "dev": tuple(p for p in pairs if p.source in dev),
+        "test": tuple(p for p in pairs if p.source in test),
+    }
 
 
 @dataclass(frozen=True)

@@ -130,11 +130,12 @@ class TranslationTrainer:
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     """Trains (or resumes) a run; returns the final metrics, also written to metrics.json."""
     torch.set_num_threads(cfg.threads)
+    # The corpus first: a file that can't be read is refused before a run directory is made.
+    train_pairs = read_split(cfg.corpus_paths(), "train", cfg.train_limit)
+    dev_pairs = read_split(cfg.corpus_paths(), "dev")
     resuming = start_run(run_dir, asdict(cfg), resume, _RESUMABLE)
     seed_everything(cfg.seed)
 
-    train_pairs = read_split(cfg.corpus_paths(), "train", cfg.train_limit)
-    dev_pairs = read_split(cfg.corpus_paths(), "dev")
     tok_file = run_dir / "tokenizer.json"
     if tok_file.exists() and resuming:
         tokenizer = Tokenizer.from_file(str(tok_file))
