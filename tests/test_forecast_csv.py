@@ -1,7 +1,6 @@
 """Forecasters trained on a user's CSV, through the CLI as a user runs it: a monthly wide file and
-an hourly long one are trained (tiny) and scored beside the statistical baselines; the hourly
-one is exported, served by a real server and scored again by `evaluate-forecast --csv` (one
-export: ONNX export is most of this file's time, and it does not depend on the layout). Bad
+an hourly long one are trained (tiny), scored beside the statistical baselines, exported and
+served by a real server; the hourly one is scored again by `evaluate-forecast --csv`. Bad
 files are refused with exit code 2 and the row, column or series at fault; frequency, season
 and horizon are inferred from the time stamps."""
 
@@ -114,8 +113,9 @@ HOURLY_FLAGS = CASES[SERVED].flags
 @pytest.fixture(scope="module")
 def models(trained: dict[str, Trained], tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("csv-models")
-    code, stdout = _run(["export", "--run-dir", str(trained[SERVED].run_dir), "--models-dir", str(root), "--name", SERVED])
-    assert code == 0 and stdout.strip() == str(root / SERVED / "1")
+    for name in CASES:
+        code, stdout = _run(["export", "--run-dir", str(trained[name].run_dir), "--models-dir", str(root), "--name", name])
+        assert code == 0 and stdout.strip() == str(root / name / "1")
     return root
 
 
@@ -152,16 +152,20 @@ def test_the_run_config_records_the_csv_task(trained, name) -> None:
     assert csv["id_column"] == ("store" if name == "hourly-long" else None)
 
 
-def test_the_exported_csv_model_serves_forecasts_of_its_horizon(trained, models, server) -> None:
-    case = CASES[SERVED]
-    manifest = Manifest.read(models / SERVED / "1")
+@pytest.mark.parametrize("name", CASES)
+def test_the_exported_csv_model_serves_forecasts_of_its_horizon(trained, models, server, name) -> None:
+    case = CASES[name]
+    manifest = Manifest.read(models / name / "1")
     spec = manifest.forecast
-    assert (spec.frequency, spec.season_length, spec.max_horizon, spec.min_context) == ("h", 24, 12, 48)
+    min_context = max(2 * case.season, case.horizon)  # csv_task's rule
+    assert (spec.frequency, spec.season_length, spec.max_horizon, spec.min_context) == (
+        case.frequency, case.season, case.horizon, min_context)
     assert manifest.training["data"] == "csv"
-    series = read_series_csv(trained[SERVED].csv, id_column="store", value_column="load", time_column="time")
+    layout = {"id_column": "store", "value_column": "load", "time_column": "time"} if name == "hourly-long" else {}
+    series = read_series_csv(trained[name].csv, **layout)
     with SeqcastClient(server.target) as client:
-        result = client.forecast([s.values for s in series], horizon=case.horizon)
-    assert result.model == SERVED and len(result.forecasts) == 2
+        result = client.forecast([s.values for s in series], horizon=case.horizon, model=name)
+    assert result.model == name and len(result.forecasts) == (2 if name == "hourly-long" else 3)
     for forecast in result.forecasts:
         assert len(forecast.point) == case.horizon and np.isfinite(forecast.point).all()
         assert sorted(forecast.quantiles) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
