@@ -67,6 +67,15 @@ def nbytes(x: Any) -> int:
     return int(np.prod(x.shape())) * _ITEMSIZE[x.data_type()]
 
 
+def _slot_nbytes(x: Any, axis: int) -> int:
+    """Bytes of one slot along `axis` of a state tensor (one cached step of every row)."""
+    if isinstance(x, np.ndarray):
+        shape, itemsize = x.shape, x.itemsize
+    else:
+        shape, itemsize = tuple(x.shape()), _ITEMSIZE[x.data_type()]
+    return int(np.prod([d for i, d in enumerate(shape) if i != axis])) * itemsize
+
+
 @dataclass
 class DecodeBatch:
     """Decoder state of the rows decoded together; index i of every tensor is row i."""
@@ -291,10 +300,32 @@ class Decoder:
         self.timings = timings or StepTimings()
         self.batch: DecodeBatch | None = None
         self.active: list[DecodingSequence] = []
+        # Bytes of the batch's state that don't grow with the cache, and bytes per cache slot;
+        # recomputed when rows join or leave (`_measure`), so `state_bytes` costs nothing per step.
+        self._fixed_bytes = 0
+        self._slot_bytes = 0
 
     @property
     def rows(self) -> int:
         return 0 if self.batch is None else len(self.batch)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes the batch holds in decoder inputs (caches or RNN state, encoder outputs)."""
+        if self.batch is None:
+            return 0
+        return self._fixed_bytes + self._slot_bytes * self.batch.past_mask.shape[1]
+
+    def _measure(self) -> None:
+        assert self.batch is not None
+        growing = {s.input: s.seq_axis for s in self.runtime.decoder_spec.state if s.seq_axis is not None}
+        fixed, slot = sum(nbytes(v) for v in self.batch.static.values()), 0
+        for name, value in self.batch.state.items():
+            if name in growing:
+                slot += _slot_nbytes(value, growing[name])
+            else:
+                fixed += nbytes(value)
+        self._fixed_bytes, self._slot_bytes = fixed, slot
 
     def join(
         self, sequences: Sequence[DecodingSequence], sources: Sequence[Sequence[int] | np.ndarray], pad: float, first_feed: np.ndarray
@@ -310,6 +341,7 @@ class Decoder:
         merged = new if self.batch is None else merge(self.batch, new, self.runtime.decoder_spec)
         self._place(merged)
         self.batch = merged
+        self._measure()
         self.active.extend(sequences)
 
     def step(self) -> None:
@@ -380,10 +412,13 @@ class Decoder:
             kept = take(self.batch, np.asarray(index, dtype=np.int64))
         if feeds is not None:
             kept.feed = np.array(feeds, dtype=dtype)
-        trimmed = trim(kept, self.runtime.decoder_spec)
-        if trimmed or not unchanged:  # take and trim leave host arrays
-            self._place(kept)
         self.batch = kept
+        if unchanged:
+            return
+        # Only a departure can leave leading cache slots unused; take and trim leave host arrays.
+        trim(kept, self.runtime.decoder_spec)
+        self._place(kept)
+        self._measure()
 
     def _movable(self) -> bool:
         """Whether rows can move between places: state in host memory, every sequence one row."""

@@ -1,9 +1,9 @@
 """Prometheus metrics: every seqcast metric, defined once here, and the /metrics HTTP endpoint.
 
 Built on `prometheus_client` and its default registry (which also carries the client's process
-and Python collectors). The server records through the typed helpers below; each step of the
-decode loop returns its own timings and the caller passes them in, so no other module holds
-metric objects. Names follow Prometheus conventions: prefix `seqcast_`, base units (seconds),
+and Python collectors). The server records through the typed helpers below: request edges by name
+(`observe_request`), a model's scheduler through its `DecodeMetrics`, which looks its series up
+once; no other module holds metric objects. Names follow Prometheus conventions: prefix `seqcast_`, base units (seconds),
 counters end in `_total`. Every series carries a `model` label; `forget_model` removes a model's
 series when it is unloaded. docs/metrics.md lists them with example queries.
 """
@@ -107,39 +107,52 @@ def observe_request(model: str, method: str, code: grpc.StatusCode, seconds: flo
     REQUEST_DURATION.labels(model, method, code.name).observe(seconds)
 
 
-def observe_queue(model: str, seconds: float) -> None:
-    QUEUE_DURATION.labels(model).observe(seconds)
+class DecodeMetrics:
+    """One model's decoding series, looked up once; the scheduler records through it.
 
+    A label lookup costs about as much as the observation itself, and every decoder step records
+    several (its duration and rows, each row's inter-token gap, the tokens, the request gauges),
+    so the scheduler holds one of these rather than naming the model at every call.
+    """
 
-def observe_first_token(model: str, seconds: float) -> None:
-    TIME_TO_FIRST_TOKEN.labels(model).observe(seconds)
+    def __init__(self, model: str) -> None:
+        self._queue = QUEUE_DURATION.labels(model)
+        self._encoder = ENCODER_DURATION.labels(model)
+        self._input = INPUT_TOKENS.labels(model)
+        self._step = DECODER_STEP_DURATION.labels(model)
+        self._rows = DECODE_BATCH_ROWS.labels(model)
+        self._first = TIME_TO_FIRST_TOKEN.labels(model)
+        self._gap = INTER_TOKEN_LATENCY.labels(model)
+        self._output = OUTPUT_TOKENS.labels(model)
+        self._queued = QUEUE_REQUESTS.labels(model)
+        self._inflight = INFLIGHT_REQUESTS.labels(model)
 
+    def joined(self, encoder_seconds: float, input_tokens: int, queue_waits: Iterable[float]) -> None:
+        """Arrivals joined the batch: their encoder call, the tokens it read, each one's wait."""
+        self._encoder.observe(encoder_seconds)
+        self._input.inc(input_tokens)
+        for seconds in queue_waits:
+            self._queue.observe(seconds)
 
-def observe_inter_token(model: str, gaps: Iterable[float]) -> None:
-    """Gaps in seconds, one per row that emitted a token this step (one label lookup per step)."""
-    histogram = INTER_TOKEN_LATENCY.labels(model)
-    for seconds in gaps:
-        histogram.observe(seconds)
+    def step(self, rows: int, seconds: float) -> None:
+        """One decoder step over `rows` rows."""
+        self._step.observe(seconds)
+        self._rows.observe(rows)
 
+    def delivered(self, tokens: int, first_tokens: Iterable[float], gaps: Iterable[float]) -> None:
+        """A step's deliveries: tokens (forecast steps) produced, times to first token, inter-token gaps."""
+        if tokens:
+            self._output.inc(tokens)
+        for seconds in first_tokens:
+            self._first.observe(seconds)
+        for seconds in gaps:
+            self._gap.observe(seconds)
 
-def observe_encoder(model: str, seconds: float) -> None:
-    ENCODER_DURATION.labels(model).observe(seconds)
-
-
-def observe_decoder_step(model: str, rows: int, seconds: float) -> None:
-    DECODER_STEP_DURATION.labels(model).observe(seconds)
-    DECODE_BATCH_ROWS.labels(model).observe(rows)
-
-
-def count_tokens(model: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
-    INPUT_TOKENS.labels(model).inc(input_tokens)
-    OUTPUT_TOKENS.labels(model).inc(output_tokens)
-
-
-def set_requests(model: str, queued: int, inflight: int) -> None:
-    """The scheduler's own counts, mirrored (set, not inc/dec, so a failed path cannot drift them)."""
-    QUEUE_REQUESTS.labels(model).set(queued)
-    INFLIGHT_REQUESTS.labels(model).set(inflight)
+    def requests(self, queued: int, inflight: int) -> None:
+        """The scheduler's own counts, mirrored (set, not inc/dec, so a failed path cannot drift
+        them); the caller holds the lock that guards them, so the last write is the latest count."""
+        self._queued.set(queued)
+        self._inflight.set(inflight)
 
 
 _SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}

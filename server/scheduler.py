@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from seqcast.bundle.decoding import Decoder, Runtime, StepTimings, nbytes
+from seqcast.bundle.decoding import Decoder, Runtime, StepTimings
 from seqcast.bundle.strategies import Finish
 from seqcast.bundle.strategies import Sequence as DecodingSequence
 from seqcast.server import metrics
@@ -230,6 +230,7 @@ class Scheduler:
         # Rows and state bytes of the running batch, as of the end of the last step.
         self._rows = 0
         self._state_bytes = 0
+        self._metrics = metrics.DecodeMetrics(name)
         self._cond = threading.Condition()
         self._held = False
         self._closing = False
@@ -258,7 +259,7 @@ class Scheduler:
                 )
             self._queue.append(handle)
             self._cond.notify()
-        metrics.set_requests(self.name, len(self._queue), len(self._running))
+            self._metrics.requests(len(self._queue), len(self._running))
         return handle
 
     def _waiting(self, extra_rows: int = 0) -> int:
@@ -330,8 +331,9 @@ class Scheduler:
             self._deliver()
             with self._cond:
                 self._rows = self._decoder.rows
-                self._state_bytes = self._decoder_state_bytes()
-            metrics.set_requests(self.name, len(self._queue), len(self._running))
+                self._state_bytes = self._decoder.state_bytes
+                # Under the lock that guards the queue, so the gauges show the latest counts.
+                self._metrics.requests(len(self._queue), len(self._running))
 
     def _work_ready(self) -> bool:
         return bool(self._running) or (bool(self._queue) and not self._held) or any(h.cancelled for h in self._queue)
@@ -362,12 +364,6 @@ class Scheduler:
                 break
         self._rows = rows  # counted from now on, so that admission sees them before they join
         return gone + taken
-
-    def _decoder_state_bytes(self) -> int:
-        batch = self._decoder.batch
-        if batch is None:
-            return 0
-        return sum(nbytes(v) for v in [*batch.state.values(), *batch.static.values()])
 
     def _end_abandoned(self, arrivals: list[RequestHandle]) -> list[RequestHandle]:
         """Ends requests whose caller gave up or whose deadline passed: arrivals before they join,
@@ -409,14 +405,13 @@ class Scheduler:
                 handle.end(EngineFailure(f"model {self.name} failed to encode the request; the server log has the details"))
             return
         now = time.monotonic()
-        metrics.observe_encoder(self.name, self.timings.encoder_s - encoder_s)
-        metrics.count_tokens(self.name, input_tokens=sum(len(s) for s in sources))
+        self._metrics.joined(self.timings.encoder_s - encoder_s, sum(len(s) for s in sources), [now - h.admitted for h in arrivals])
         for handle in arrivals:
             handle.joined = now
-            metrics.observe_queue(self.name, now - handle.admitted)
         self._running.extend(arrivals)
         # Before the first step: the gauges count a request before it produces anything.
-        metrics.set_requests(self.name, len(self._queue), len(self._running))
+        with self._cond:
+            self._metrics.requests(len(self._queue), len(self._running))
 
     def _step(self) -> None:
         """One decoder step; if it raises, every request in the batch fails and the batch restarts empty."""
@@ -431,7 +426,7 @@ class Scheduler:
             for handle in failed:
                 handle.end(EngineFailure(f"model {self.name} failed while decoding the request; the server log has the details"))
             return
-        metrics.observe_decoder_step(self.name, rows, self.timings.last_step_s)
+        self._metrics.step(rows, self.timings.last_step_s)
 
     def _finish_done(self) -> None:
         if any(h._pending and h._pending[-1][2] is not None for h in self._touched):
@@ -446,19 +441,18 @@ class Scheduler:
         if not touched:
             return
         now = time.monotonic()
-        produced, gaps, wake = 0, [], {}
+        produced, first, gaps, wake = 0, [], [], {}
         for handle in touched:
             produced += sum(1 for _, item, _ in handle._pending if item is not None)
             if handle.joined is not None and handle._pending:
                 if handle.last_output is None:
-                    metrics.observe_first_token(self.name, now - handle.admitted)
+                    first.append(now - handle.admitted)
                 else:
                     gaps.append(now - handle.last_output)
                 handle.last_output = now
             if handle._deliver():
                 wake.setdefault(handle.loop, []).append(handle)
-        metrics.count_tokens(self.name, output_tokens=produced)
-        metrics.observe_inter_token(self.name, gaps)
+        self._metrics.delivered(produced, first, gaps)
         for loop, handles in wake.items():
             try:
                 loop.call_soon_threadsafe(_wake, handles)

@@ -112,3 +112,32 @@ def test_forecasting_feeds_back_the_point_column_and_ends_rows_at_their_horizon(
     assert [f for _, f in events[0]] == [None, None, Finish.LENGTH]
     assert [(c.tolist(), f) for c, f in events[1]] == [([6.0, 7.0, 8.0], Finish.LENGTH)]
     assert timings.rows_per_step == [2, 1, 1]
+
+
+def test_state_bytes_is_what_the_batch_holds_through_joins_steps_departures_and_trims() -> None:
+    """The decoder keeps its state's size up to date without summing the tensors every step."""
+    runtime = CountingRuntime({0: [5] * 2, 1: [6] * 12, 2: [7] * 5})
+    decoder = Decoder(runtime)
+
+    def held() -> int:
+        assert decoder.batch is not None
+        return sum(v.nbytes for v in [*decoder.batch.state.values(), *decoder.batch.static.values()])
+
+    def join(row: int) -> None:
+        sequence = GreedySequence(EOS, 20)
+        sequence.emit = lambda token, finish: None
+        decoder.join([sequence], [[row, EOS]], 0, np.full(1, BOS, dtype=np.int64))
+
+    assert decoder.state_bytes == 0
+    join(0)
+    assert decoder.state_bytes == held()  # an empty cache: the static inputs only
+    join(1)
+    for step in range(12):
+        if step == 4:
+            join(2)  # joins a batch whose caches are 4 slots long: left-padded to them
+        decoder.step()
+        assert decoder.state_bytes == held(), step
+    # Row 0 left after 3 steps and row 2 after 6 (a trim in between); row 1 decodes alone.
+    assert decoder.rows == 1
+    decoder.step()
+    assert decoder.rows == 0 and decoder.state_bytes == 0

@@ -43,20 +43,19 @@ def server() -> Iterator[MetricsServer]:
 
 
 def record_one_request(model: str) -> None:
-    """What the server records for one small translation, through the helpers it calls."""
+    """What the server records for one small translation, through the recorders it calls."""
     metrics.set_model_info(model, "1", "translation", "transformer", "CPUExecutionProvider")
-    metrics.set_requests(model, queued=1, inflight=0)
-    metrics.observe_encoder(model, 0.0004)
-    metrics.observe_queue(model, 0.0012)
-    metrics.set_requests(model, queued=0, inflight=1)
-    metrics.observe_decoder_step(model, rows=3, seconds=0.00008)
-    metrics.observe_first_token(model, 0.002)
-    metrics.observe_decoder_step(model, rows=3, seconds=0.00009)
-    metrics.observe_inter_token(model, [0.0001, 0.0001, 0.00011])
-    metrics.count_tokens(model, input_tokens=17, output_tokens=6)
+    decoding = metrics.DecodeMetrics(model)
+    decoding.requests(queued=1, inflight=0)
+    decoding.joined(encoder_seconds=0.0004, input_tokens=17, queue_waits=[0.0012])
+    decoding.requests(queued=0, inflight=1)
+    decoding.step(rows=3, seconds=0.00008)
+    decoding.delivered(3, first_tokens=[0.002, 0.002, 0.0021], gaps=[])
+    decoding.step(rows=3, seconds=0.00009)
+    decoding.delivered(3, first_tokens=[], gaps=[0.0001, 0.0001, 0.00011])
     metrics.observe_request(model, "Translate", grpc.StatusCode.OK, 0.004)
     metrics.observe_request(model, "Translate", grpc.StatusCode.INVALID_ARGUMENT, 0.00003)
-    metrics.set_requests(model, queued=0, inflight=0)
+    decoding.requests(queued=0, inflight=0)
 
 
 def scrape(port: int) -> str:

@@ -333,3 +333,18 @@ def test_a_step_failing_during_a_beam_reorder_fails_the_batch_and_the_engine_rec
     again = submit(loop, scheduler, 12, Recorder("again", []), beam=3)
     assert again.done.wait(10) and again.error is None
     assert again.tokens and again.finish in (Finish.EOS, Finish.LENGTH)
+
+
+def test_a_batch_holding_more_state_than_the_bound_takes_no_arrival_until_rows_leave(loop, make_scheduler) -> None:
+    # The scripted cache holds 4 bytes per slot and row: after a few steps the long request alone
+    # holds more than 40 bytes of state, so the arrival waits until it has left.
+    runtime = CountingRuntime({10: list(range(20, 45)), 11: [5, 6]}, step_delay=0.002)
+    scheduler, _ = make_scheduler(runtime=runtime, max_state_bytes=40)
+    events: list[tuple[str, object]] = []
+    long = submit(loop, scheduler, 10, Recorder("long", events))
+    wait_for(lambda: len(long.tokens) >= 12)
+    late = submit(loop, scheduler, 11, Recorder("late", events))
+    assert late.done.wait(10) and long.done.wait(10)
+    assert late.tokens == [5, 6] and long.tokens == list(range(20, 45))
+    assert events.index(("late", 5)) > events.index(("long", Finish.EOS))
+    assert max(rows for rows, _ in runtime.steps) == 1
