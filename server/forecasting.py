@@ -137,7 +137,7 @@ async def forecast(job: ForecastJob) -> list[SeriesForecast]:
             contexts = job.contexts[start : start + chunk]
             sequences: list[DecodingSequence] = [ForecastSequence(job.horizon, point) for _ in contexts]
             first = np.array([c[-1] for c in contexts], dtype=np.float32)
-            handle = scheduler.submit(Work(sequences, contexts, 0.0, first), job.deadline)
+            handle = scheduler.submit(Work(sequences, contexts, 0.0, first), job.deadline, stream=False)
             handles.append(handle)
             runs.append(asyncio.create_task(run(start, handle)))
         await asyncio.gather(*runs)

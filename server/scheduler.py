@@ -20,7 +20,10 @@ Events (a token or forecast step, a finish, the end or an error) cross from the 
 to the event loop in one way only: each handle collects its events under its lock, and after
 every step the thread sends each event loop one wake-up for all its handles that received
 something (`loop.call_soon_threadsafe` is a system call; one per token would cost a write per
-row per step). A reader that lags gets everything that accumulated in one read.
+row per step). A reader that lags gets everything that accumulated in one read. A request
+submitted with `stream=False` (a unary call, which answers only once it has everything) is
+woken once, when it ends, instead of at every step: its events wait in the handle meanwhile, and
+the event loop does no work for it while it decodes.
 
 `batching` picks the policy, for comparison in benchmarks:
   * "inflight": requests join the running batch at any step (the default); with five or more
@@ -123,10 +126,13 @@ class RequestHandle:
     its caller goes away.
     """
 
-    def __init__(self, work: Work, deadline: float | None, loop: asyncio.AbstractEventLoop, scheduler: "Scheduler") -> None:
+    def __init__(self, work: Work, deadline: float | None, stream: bool, loop: asyncio.AbstractEventLoop,
+                 scheduler: "Scheduler") -> None:
         self.work = work
         # Absolute time.monotonic() after which decoding stops; None: no deadline.
         self.deadline = deadline
+        # Whether the reader is woken at every step that gave it events, or only at the end.
+        self.stream = stream
         self.loop = loop
         self.rows = work.rows
         self._scheduler = scheduler
@@ -203,7 +209,8 @@ class RequestHandle:
             self._events.extend(events)
             if self._ending is not False:
                 self._ended, self._error = True, self._ending
-            wake, self._signalled = not self._signalled, True
+            wake = not self._signalled and (self.stream or self._ended)
+            self._signalled = self._signalled or wake
         return wake
 
     @property
@@ -239,13 +246,14 @@ class Scheduler:
 
     # --- called from request handlers ---------------------------------------------------------
 
-    def submit(self, work: Work, deadline: float | None) -> RequestHandle:
+    def submit(self, work: Work, deadline: float | None, stream: bool) -> RequestHandle:
         """Admits a request, or raises Overloaded at once; read its events from the handle.
 
-        Call from the event loop that reads the handle. The task layer has checked that the
-        request's rows fit in `max_batch_rows`.
+        Call from the event loop that reads the handle. With `stream`, the reader is woken after
+        every step that gave it events; without, once, when the request ended. The task layer
+        has checked that the request's rows fit in `max_batch_rows`.
         """
-        handle = RequestHandle(work, deadline, asyncio.get_running_loop(), self)
+        handle = RequestHandle(work, deadline, stream, asyncio.get_running_loop(), self)
         for i, seq in enumerate(work.sequences):
             seq.emit = _Emitter(handle, i)
         with self._cond:

@@ -170,7 +170,7 @@ def _rng(strategy: Strategy, index: int) -> np.random.Generator | None:
     return np.random.default_rng(None if strategy.seed is None else [strategy.seed, index])
 
 
-def _submit(job: TranslateJob) -> RequestHandle:
+def _submit(job: TranslateJob, stream: bool) -> RequestHandle:
     special = job.model.manifest.special_tokens
     sequences = [
         token_sequence(job.strategy, special.eos, limit, _rng(job.strategy, i), job.min_new_tokens,
@@ -179,18 +179,19 @@ def _submit(job: TranslateJob) -> RequestHandle:
     ]
     first = np.full(len(job.sources), special.bos, dtype=np.int64)
     assert job.model.scheduler is not None
-    return job.model.scheduler.submit(Work(sequences, job.sources, special.pad, first), job.deadline)
+    return job.model.scheduler.submit(Work(sequences, job.sources, special.pad, first), job.deadline, stream)
 
 
 # (index of the text, its new token or None, finish); the token is an AlignedToken with alignments.
 TokenEvent = tuple[int, int | AlignedToken | None, Finish | None]
 
 
-async def _events(job: TranslateJob) -> AsyncIterator[list[TokenEvent]]:
-    """The request's events from its handle; a passed deadline says what to change."""
+async def _events(job: TranslateJob, stream: bool) -> AsyncIterator[list[TokenEvent]]:
+    """The request's events from its handle (with `stream`, as each step gives them; without,
+    all at the end); a passed deadline says what to change."""
     try:
-        async with aclosing(_submit(job).events()) as stream:
-            async for events in stream:
+        async with aclosing(_submit(job, stream).events()) as reader:
+            async for events in reader:
                 yield events
     except DeadlineExceeded as e:
         raise DeadlineExceeded(f"{e}; {TOO_SLOW}") from None
@@ -200,7 +201,7 @@ async def translate(job: TranslateJob) -> list[Translation]:
     """Decodes every text of the job and returns each whole."""
     items: list[list[int | AlignedToken]] = [[] for _ in job.sources]
     finishes: list[Finish | None] = [None] * len(job.sources)
-    async with aclosing(_events(job)) as stream:
+    async with aclosing(_events(job, stream=False)) as stream:
         async for events in stream:
             for index, item, finish in events:
                 if item is not None:
@@ -241,7 +242,7 @@ async def translate_stream(job: TranslateJob) -> AsyncIterator[list[Piece]]:
     codec = job.model.codec
     assert codec is not None
     detokenizers = [StreamDetokenizer(codec) for _ in job.sources]
-    async with aclosing(_events(job)) as stream:
+    async with aclosing(_events(job, stream=True)) as stream:
         async for events in stream:
             pieces = _pieces(events, detokenizers, job.sources if job.alignments else None)
             if pieces:

@@ -71,14 +71,14 @@ class Recorder:
 
 
 def submit(loop: EventLoop, scheduler: Scheduler, row: int, recorder: Recorder, limit: int = 100,
-           deadline: float | None = None, beam: int = 0) -> Recorder:
+           deadline: float | None = None, beam: int = 0, stream: bool = True) -> Recorder:
     """Submits a one-text request on the loop and starts reading its events there."""
     strategy = BeamSearch(beam_size=beam) if beam else None
     sequence = token_sequence(strategy, EOS, limit) if beam else GreedySequence(EOS, limit)
     work = Work([sequence], [[row, EOS]], 0, np.array([BOS], dtype=np.int64))
 
     async def go() -> None:
-        recorder.handle = scheduler.submit(work, deadline)
+        recorder.handle = scheduler.submit(work, deadline, stream)
         asyncio.get_running_loop().create_task(recorder.read(recorder.handle))
 
     loop.run(go())
@@ -191,7 +191,7 @@ def test_a_reader_that_lags_gets_every_token_in_order_in_one_read(loop, make_sch
     work = Work([GreedySequence(EOS, 100)], [[10, EOS]], 0, np.array([BOS], dtype=np.int64))
 
     async def slow() -> None:
-        handle = scheduler.submit(work, None)
+        handle = scheduler.submit(work, None, stream=True)
         # The reader lags the whole request: its 25 tokens and end-of-sequence take 26 steps.
         while scheduler.timings.steps < len(SCRIPTS[10]) + 1 or scheduler.inflight:
             await asyncio.sleep(0.01)
@@ -202,6 +202,24 @@ def test_a_reader_that_lags_gets_every_token_in_order_in_one_read(loop, make_sch
     loop.run(slow())
     assert recorder.tokens == SCRIPTS[10]
     assert recorder.reads == 1
+
+
+def test_a_unary_request_is_woken_once_when_it_ends_while_a_stream_beside_it_reads_as_it_decodes(loop, make_scheduler) -> None:
+    scheduler, _ = make_scheduler()
+    events: list[tuple[str, object]] = []
+    unary = submit(loop, scheduler, 10, Recorder("unary", events), stream=False)
+    streamed = submit(loop, scheduler, 12, Recorder("streamed", events))
+    assert unary.done.wait(10) and streamed.done.wait(10)
+    assert unary.tokens == SCRIPTS[10] and unary.finish is Finish.EOS
+    assert streamed.tokens == SCRIPTS[12] and streamed.finish is Finish.EOS
+    assert unary.reads == 1 and streamed.reads > 1
+
+
+def test_a_unary_request_past_its_deadline_is_woken_with_deadline_exceeded(loop, make_scheduler) -> None:
+    scheduler, _ = make_scheduler()
+    late = submit(loop, scheduler, 10, Recorder("late", []), deadline=time.monotonic() + 0.01, stream=False)
+    assert late.done.wait(10)
+    assert isinstance(late.error, DeadlineExceeded) and late.reads <= 1  # its tokens and the error, together
 
 
 def test_the_queue_bound_refuses_at_once(loop, make_scheduler) -> None:
@@ -227,7 +245,7 @@ def test_a_burst_is_admitted_as_far_as_the_rows_allow_and_only_the_rest_counts_a
             recorder = Recorder(str(r), [])
             work = Work([GreedySequence(EOS, 100)], [[r, EOS]], 0, np.array([BOS], dtype=np.int64))
             try:
-                handle = scheduler.submit(work, None)
+                handle = scheduler.submit(work, None, stream=True)
             except Overloaded:
                 refused += 1
                 continue
