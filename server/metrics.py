@@ -107,6 +107,11 @@ def observe_request(model: str, method: str, code: grpc.StatusCode, seconds: flo
     REQUEST_DURATION.labels(model, method, code.name).observe(seconds)
 
 
+# Counts forget_model calls: a DecodeMetrics whose model's series were removed since it looked
+# them up (another server in the process unloaded a model of the same name) looks them up again.
+_forgotten = 0
+
+
 class DecodeMetrics:
     """One model's decoding series, looked up once; the scheduler records through it.
 
@@ -116,6 +121,16 @@ class DecodeMetrics:
     """
 
     def __init__(self, model: str) -> None:
+        self.model = model
+        self._bind()
+
+    def _fresh(self) -> None:
+        if self._generation != _forgotten:  # forget_model removed series since: look them up again
+            self._bind()
+
+    def _bind(self) -> None:
+        model = self.model
+        self._generation = _forgotten
         self._queue = QUEUE_DURATION.labels(model)
         self._encoder = ENCODER_DURATION.labels(model)
         self._input = INPUT_TOKENS.labels(model)
@@ -129,6 +144,7 @@ class DecodeMetrics:
 
     def joined(self, encoder_seconds: float, input_tokens: int, queue_waits: Iterable[float]) -> None:
         """Arrivals joined the batch: their encoder call, the tokens it read, each one's wait."""
+        self._fresh()
         self._encoder.observe(encoder_seconds)
         self._input.inc(input_tokens)
         for seconds in queue_waits:
@@ -136,11 +152,13 @@ class DecodeMetrics:
 
     def step(self, rows: int, seconds: float) -> None:
         """One decoder step over `rows` rows."""
+        self._fresh()
         self._step.observe(seconds)
         self._rows.observe(rows)
 
     def delivered(self, tokens: int, first_tokens: Iterable[float], gaps: Iterable[float]) -> None:
         """A step's deliveries: tokens (forecast steps) produced, times to first token, inter-token gaps."""
+        self._fresh()
         if tokens:
             self._output.inc(tokens)
         for seconds in first_tokens:
@@ -151,6 +169,7 @@ class DecodeMetrics:
     def requests(self, queued: int, inflight: int) -> None:
         """The scheduler's own counts, mirrored (set, not inc/dec, so a failed path cannot drift
         them); the caller holds the lock that guards them, so the last write is the latest count."""
+        self._fresh()
         self._queued.set(queued)
         self._inflight.set(inflight)
 
@@ -173,8 +192,10 @@ def set_model_info(model: str, version: str, task: str, architecture: str, provi
 
 def forget_model(model: str) -> None:
     """Removes every series labelled with `model`, so an unloaded model stops being exported."""
+    global _forgotten
     for metric, labelnames in _ALL:
         _remove(metric, labelnames, model)
+    _forgotten += 1
 
 
 def _remove(metric: Histogram | Counter | Gauge, labelnames: tuple[str, ...], model: str) -> None:

@@ -121,3 +121,17 @@ def test_stop_frees_the_port() -> None:
         assert second.port == port and scrape(port)
     finally:
         second.stop()
+
+
+def test_a_scheduler_keeps_exporting_after_another_server_forgets_its_model_name(server: MetricsServer) -> None:
+    # Two servers in one process share the default registry: when one unloads a model, the other's
+    # scheduler, serving a model of the same name, looks its series up again.
+    decoding = metrics.DecodeMetrics("metrics-shared")
+    decoding.requests(queued=0, inflight=2)
+    metrics.forget_model("metrics-shared")
+    assert 'seqcast_inflight_requests{model="metrics-shared"}' not in scrape(server.port)
+    decoding.requests(queued=0, inflight=3)
+    decoding.step(rows=3, seconds=0.001)
+    text = scrape(server.port)
+    assert 'seqcast_inflight_requests{model="metrics-shared"} 3.0' in text
+    assert 'seqcast_decode_batch_rows_count{model="metrics-shared"} 1.0' in text
