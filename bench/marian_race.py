@@ -12,7 +12,8 @@ A random-weight Marian of opus-mt-en-de's shape (d_model 512, 6+6 layers, 8 head
     CTranslate2 on the same converted model with `compute_type="int8"`.
 Every engine runs on one thread. eos gets a logit bias of -30 so that no engine ends early:
 every row decodes exactly 64 tokens (eos and pad never win). Each cell (engine x batch) runs in
-a fresh process, rounds interleave the engines, and the table gives the median ms per
+a fresh process: one full-length decode to warm up, then the median of `--repeats` timed
+decodes. Rounds interleave the engines, and the table gives the median ms per
 generated token (wall time over all tokens of the batch) with the range over rounds, tokens
 per second, the ratio to seqcast (float32) and, for int8, to CTranslate2 int8, and how far the
 engine's tokens agree with seqcast's float32 ones (int8 engines are not expected to match them
@@ -39,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 NEW_TOKENS = 64
@@ -60,9 +62,13 @@ def _one_thread() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def _cell_seqcast(work: Path, sources: list[list[int]], bundle: str) -> tuple[float, list[list[int]]]:
-    import numpy as np
+# Each cell builds its engine and returns a function that decodes the batch once, greedy, exactly
+# NEW_TOKENS new tokens per row, and returns every row's tokens. `run_cell` calls it once to warm
+# up (the same full-length decode, so caches and allocators reach their size) and then times it
+# `--repeats` times.
 
+
+def _cell_seqcast(work: Path, sources: list[list[int]], bundle: str) -> Callable[[], list[list[int]]]:
     from seqcast.bundle.decoding import greedy_decode
     from seqcast.bundle.manifest import Manifest
     from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
@@ -71,20 +77,21 @@ def _cell_seqcast(work: Path, sources: list[list[int]], bundle: str) -> tuple[fl
     manifest = Manifest.read(path)
     runtime = OnnxModel.from_manifest(path, manifest, RuntimeOptions(device="cpu", intra_op_threads=1))
     special = manifest.special_tokens
-    out: list[list[int]] = [[] for _ in sources]
 
-    def emit(row: int, token: int | None, finish: object) -> None:
-        if token is not None:
-            out[row].append(token)
+    def decode() -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in sources]
 
-    greedy_decode(runtime, special, sources[:1], [4], lambda *_: None)  # warm-up
-    t0 = time.perf_counter()
-    greedy_decode(runtime, special, sources, [NEW_TOKENS] * len(sources), emit)
-    del np
-    return time.perf_counter() - t0, out
+        def emit(row: int, token: int | None, finish: object) -> None:
+            if token is not None:
+                out[row].append(token)
+
+        greedy_decode(runtime, special, sources, [NEW_TOKENS] * len(sources), emit)
+        return out
+
+    return decode
 
 
-def _cell_transformers(work: Path, sources: list[list[int]]) -> tuple[float, list[list[int]]]:
+def _cell_transformers(work: Path, sources: list[list[int]]) -> Callable[[], list[list[int]]]:
     import torch
     from transformers import MarianMTModel
 
@@ -92,15 +99,16 @@ def _cell_transformers(work: Path, sources: list[list[int]]) -> tuple[float, lis
     model = MarianMTModel.from_pretrained(str(work / "checkpoint"), local_files_only=True).eval()
     ids, mask = _padded(sources, model.config.pad_token_id)
     kwargs = dict(do_sample=False, num_beams=1, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, forced_eos_token_id=None)
-    with torch.inference_mode():
-        model.generate(input_ids=torch.tensor(ids[:1]), attention_mask=torch.tensor(mask[:1]), **{**kwargs, "min_new_tokens": 4, "max_new_tokens": 4})
-        t0 = time.perf_counter()
-        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
-        elapsed = time.perf_counter() - t0
-    return elapsed, [row[1:] for row in out.tolist()]
+
+    def decode() -> list[list[int]]:
+        with torch.inference_mode():
+            out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
+        return [row[1:] for row in out.tolist()]
+
+    return decode
 
 
-def _cell_optimum(work: Path, sources: list[list[int]]) -> tuple[float, list[list[int]]]:
+def _cell_optimum(work: Path, sources: list[list[int]]) -> Callable[[], list[list[int]]]:
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
@@ -111,14 +119,15 @@ def _cell_optimum(work: Path, sources: list[list[int]]) -> tuple[float, list[lis
     model = ORTModelForSeq2SeqLM.from_pretrained(str(work / "optimum"), session_options=options, local_files_only=True)
     ids, mask = _padded(sources, model.config.pad_token_id)
     kwargs = dict(do_sample=False, num_beams=1, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, forced_eos_token_id=None)
-    model.generate(input_ids=torch.tensor(ids[:1]), attention_mask=torch.tensor(mask[:1]), **{**kwargs, "min_new_tokens": 4, "max_new_tokens": 4})
-    t0 = time.perf_counter()
-    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
-    elapsed = time.perf_counter() - t0
-    return elapsed, [row[1:] for row in out.tolist()]
+
+    def decode() -> list[list[int]]:
+        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs)
+        return [row[1:] for row in out.tolist()]
+
+    return decode
 
 
-def _cell_ctranslate2(work: Path, sources: list[list[int]], compute_type: str = "float32") -> tuple[float, list[list[int]]]:
+def _cell_ctranslate2(work: Path, sources: list[list[int]], compute_type: str = "float32") -> Callable[[], list[list[int]]]:
     import ctranslate2
 
     vocab = json.loads((work / "checkpoint" / "vocab.json").read_text())
@@ -126,11 +135,11 @@ def _cell_ctranslate2(work: Path, sources: list[list[int]], compute_type: str = 
     translator = ctranslate2.Translator(str(work / "ctranslate2"), device="cpu", intra_threads=1, inter_threads=1, compute_type=compute_type)
     batch = [[pieces[i] for i in s] for s in sources]
     kwargs = dict(beam_size=1, min_decoding_length=NEW_TOKENS, max_decoding_length=NEW_TOKENS, return_scores=False)
-    translator.translate_batch(batch[:1], **{**kwargs, "min_decoding_length": 4, "max_decoding_length": 4})
-    t0 = time.perf_counter()
-    results = translator.translate_batch(batch, **kwargs)
-    elapsed = time.perf_counter() - t0
-    return elapsed, [[vocab[t] for t in r.hypotheses[0]] for r in results]
+
+    def decode() -> list[list[int]]:
+        return [[vocab[t] for t in r.hypotheses[0]] for r in translator.translate_batch(batch, **kwargs)]
+
+    return decode
 
 
 def _padded(sources: list[list[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -145,12 +154,18 @@ def run_cell(args: argparse.Namespace) -> None:
     engine = args.cell
     if engine.startswith("seqcast"):
         bundle = {"seqcast": "opus", "seqcast-noalign": "opus-noalign", "seqcast-int8": "opus-int8"}[engine]
-        elapsed, tokens = _cell_seqcast(work, sources, bundle)
+        decode = _cell_seqcast(work, sources, bundle)
     elif engine == "ctranslate2-int8":
-        elapsed, tokens = _cell_ctranslate2(work, sources, "int8")
+        decode = _cell_ctranslate2(work, sources, "int8")
     else:
-        elapsed, tokens = {"transformers": _cell_transformers, "optimum": _cell_optimum, "ctranslate2": _cell_ctranslate2}[engine](work, sources)
-    print(json.dumps({"seconds": elapsed, "tokens": tokens}))
+        decode = {"transformers": _cell_transformers, "optimum": _cell_optimum, "ctranslate2": _cell_ctranslate2}[engine](work, sources)
+    tokens = decode()  # warm-up: the same full-length decode
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        tokens = decode()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": statistics.median(times), "tokens": tokens}))
 
 
 # --- preparation (once, in this process) --------------------------------------------------------
@@ -274,7 +289,8 @@ def race(args: argparse.Namespace) -> None:
         for batch in args.batch:
             for engine in engines if r % 2 == 0 else list(reversed(engines)):
                 python = args.optimum_python if engine == "optimum" else sys.executable
-                out = json.loads(_run([python, __file__, "--cell", engine, "--cell-batch", str(batch), "--work", str(work)]).strip().splitlines()[-1])
+                out = json.loads(_run([python, __file__, "--cell", engine, "--cell-batch", str(batch), "--work", str(work),
+                                       "--repeats", str(args.repeats)]).strip().splitlines()[-1])
                 ms = out["seconds"] * 1000 / (NEW_TOKENS * batch)
                 times.setdefault((engine, batch), []).append(ms)
                 tokens[(engine, batch)] = out["tokens"]
@@ -314,13 +330,16 @@ def table(engines: list[str], batches: list[int], times: dict, tokens: dict, ski
         flag = "--" + key.replace("_", "-")
         flags.append(flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}")
     command = "python bench/marian_race.py " + " ".join(flags)
-    return "\n".join(lines) + f"\n\n{args.rounds} rounds, {NEW_TOKENS} new tokens per row, one thread per engine.\nCommand: `{command}`"
+    return "\n".join(lines) + (f"\n\n{args.rounds} rounds, each cell (a fresh process) the median of {args.repeats} decodes after a "
+                               f"full-length warm-up; {NEW_TOKENS} new tokens per row, one thread per engine.\nCommand: `{command}`")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed decodes per cell after a full-length warm-up; the cell reports their median")
     parser.add_argument("--work", default=str(REPO / ".cache" / "marian-race"))
     parser.add_argument("--optimum-python", default=str(REPO / ".venv-optimum" / "bin" / "python"))
     parser.add_argument("--small", action="store_true", help="seqcast's own d=256, 3+3 layers, 4 heads, ffn 1024, 8k shape instead")

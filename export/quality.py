@@ -74,7 +74,8 @@ def _in_checkout(path: Path) -> Path:
 
 
 def _test_pairs(manifest: Manifest, bar: QualityBar) -> tuple[Path, list[Pair]]:
-    recorded = manifest.training.get("corpus") or DEFAULT_CORPUS
+    # Recorded as one path or a list of two (aligned text files); an imported bundle records none.
+    recorded = manifest.training.get("corpus") or str(DEFAULT_CORPUS)
     corpus = bar.corpus or tuple(Path(p) for p in ([recorded] if isinstance(recorded, str) else recorded))
     corpus = tuple(_in_checkout(p) for p in corpus)
     try:

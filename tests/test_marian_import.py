@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -137,6 +138,24 @@ def test_import_writes_a_parity_checked_bundle_the_server_loads(marian, which) -
     assert manifest.decoder.alignments == "alignments" and manifest.alignment_layer == 0
     loaded = load_bundle(m.bundle, RuntimeOptions(device="cpu"))
     assert loaded.codec is not None and loaded.manifest.name == manifest.name
+
+
+def test_an_imported_bundle_quantizes_to_int8_checked_on_the_default_corpus(marian, tmp_path) -> None:
+    """An imported bundle records no training corpus: the quality guard reads data/en-de's test
+    split. Fusions are off by default for Marian graphs and on with --fuse."""
+    plain, fused = tmp_path / "opus-tiny" / "2", tmp_path / "opus-tiny" / "3"
+    quality = ["--quality-limit", "4", "--max-chrf-drop", "100"]  # random weights: chrF says nothing
+    assert seqcast(["--log-level", "WARNING", "quantize", str(marian["main"].bundle), "--out", str(plain), *quality]) == 0
+    assert seqcast(["--log-level", "WARNING", "quantize", str(marian["main"].bundle), "--out", str(fused), "--fuse", *quality]) == 0
+    for bundle, fusions in ((plain, False), (fused, True)):
+        precision = Manifest.read(bundle).precision
+        assert precision.precision == "int8"
+        assert precision.quantized_ops["decoder.onnx"]["MatMulInteger"] == precision.weight_matmuls["decoder.onnx"] > 0
+        assert precision.quality is not None and precision.quality.split == "data/en-de/test"
+        assert ("fusions" in precision.method) is fusions
+        ops = {node.op_type for node in onnx.load(str(bundle / "decoder.onnx")).graph.node}
+        assert ("SkipLayerNormalization" in ops) is fusions
+        assert load_bundle(bundle, RuntimeOptions(device="cpu")).manifest.precision.precision == "int8"
 
 
 def test_config_choices_are_honoured(marian) -> None:
