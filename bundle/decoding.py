@@ -60,19 +60,22 @@ def host(x: Any) -> np.ndarray:
 _ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(int64)": 8, "tensor(int32)": 4}
 
 
+def _layout(x: Any) -> tuple[tuple[int, ...], int]:
+    """Shape and item size of a state tensor, on the host or on a device."""
+    if isinstance(x, np.ndarray):
+        return x.shape, x.itemsize
+    return tuple(x.shape()), _ITEMSIZE[x.data_type()]
+
+
 def nbytes(x: Any) -> int:
     """Bytes a state tensor holds, on the host or on a device."""
-    if isinstance(x, np.ndarray):
-        return x.nbytes
-    return int(np.prod(x.shape())) * _ITEMSIZE[x.data_type()]
+    shape, itemsize = _layout(x)
+    return int(np.prod(shape)) * itemsize
 
 
 def _slot_nbytes(x: Any, axis: int) -> int:
     """Bytes of one slot along `axis` of a state tensor (one cached step of every row)."""
-    if isinstance(x, np.ndarray):
-        shape, itemsize = x.shape, x.itemsize
-    else:
-        shape, itemsize = tuple(x.shape()), _ITEMSIZE[x.data_type()]
+    shape, itemsize = _layout(x)
     return int(np.prod([d for i, d in enumerate(shape) if i != axis])) * itemsize
 
 

@@ -1,10 +1,10 @@
 """Prometheus metrics: every seqcast metric, defined once here, and the /metrics HTTP endpoint.
 
 Built on `prometheus_client` and its default registry (which also carries the client's process
-and Python collectors). The server records through the typed helpers below: request edges by name
-(`observe_request`), a model's scheduler through its `DecodeMetrics`, which looks its series up
-once; no other module holds metric objects. Names follow Prometheus conventions: prefix `seqcast_`, base units (seconds),
-counters end in `_total`. Every series carries a `model` label; `forget_model` removes a model's
+and Python collectors). The server records through the typed helpers below: request edges by
+name (`observe_request`), a model's scheduler through its `DecodeMetrics`, which looks its series
+up once; no other module holds metric objects. Names follow Prometheus conventions: prefix
+`seqcast_`, base units (seconds), counters end in `_total`. Every series carries a `model` label; `forget_model` removes a model's
 series when it is unloaded. docs/metrics.md lists them with example queries.
 """
 
