@@ -73,7 +73,7 @@ class TransformerDecoderGraph(nn.Module):
         *kv: Tensor,
     ) -> tuple[Tensor, ...]:
         past, cross = split_kv(kv, self.layers)
-        logits, present, alignments = self.model.decode_with_alignments(
+        logits, present, alignments = self.model.decode(
             input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross, self.alignment_layer
         )
         return (logits, *(t for pair in present for t in pair), alignments)
@@ -111,7 +111,7 @@ def kv_specs(
         source=source.name,
         inputs=[source, TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"])],
         outputs=[TensorSpec(name="encoder_hidden_states", dtype=F32, shape=["batch", "source_length", d_model])]
-        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_out],
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", "source_length", d_model]) for name in cross_out],
     )
     decoder_spec = DecoderSpec(
         feed=step_input.name,
@@ -120,7 +120,7 @@ def kv_specs(
         attention_mask="decoder_attention_mask",
         state=[StateSpec(input=i, output=o, init="empty", seq_axis=2) for i, o in zip(past_in, present_out)],
         static=[StaticSpec(input="encoder_attention_mask", source="encoder_attention_mask", seq_axis=1)]
-        + [StaticSpec(input=i, source=o, seq_axis=2) for i, o in zip(cross_in, cross_out)],
+        + [StaticSpec(input=i, source=o, seq_axis=1) for i, o in zip(cross_in, cross_out)],
         inputs=[
             step_input,
             TensorSpec(name="position_ids", dtype=I64, shape=["batch", "new_tokens"]),
@@ -128,7 +128,7 @@ def kv_specs(
             TensorSpec(name="encoder_attention_mask", dtype=I64, shape=["batch", "source_length"]),
         ]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_length", dh]) for name in past_in]
-        + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "source_length", dh]) for name in cross_in],
+        + [TensorSpec(name=name, dtype=F32, shape=["batch", "source_length", d_model]) for name in cross_in],
         outputs=[step_output]
         + [TensorSpec(name=name, dtype=F32, shape=["batch", h, "past_and_new", dh]) for name in present_out]
         + ([ALIGNMENTS] if alignments else []),

@@ -28,7 +28,7 @@ from seqcast.export.graphs import GraphPair, sample_inputs
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
+OPSET = 23
 # Tensors with fewer elements (biases, layer norms) stay float32.
 FP16_MIN_ELEMENTS = 1024
 # Example size per symbolic axis name.
@@ -112,7 +112,10 @@ def _name_axes(model: onnx.ModelProto, inputs: list[TensorSpec], outputs: list[T
             for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, spec.shape)):
                 if not isinstance(want, str):
                     continue
-                fixed_by_inference = inferred.get(value.name, [None] * (axis + 1))[axis] is not None
+                # Missing when inference leaves the rank unknown, and 0 where it cannot size the
+                # probabilities of ONNX Attention: neither fixes an axis.
+                known = inferred.get(value.name, [])
+                fixed_by_inference = axis < len(known) and bool(known[axis])
                 if not dim.HasField("dim_value") or (values is model.graph.output and not fixed_by_inference):
                     dim.dim_param = want
 

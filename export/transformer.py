@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-# Large negative instead of -inf: exp() underflows to exactly 0, and a fully masked row (never
-# produced by the server, but possible in hand-made inputs) stays finite.
-MASK_VALUE = -1e9
+from seqcast.export.attention import KV, attend, causal_mask, padding_mask
 
-KV = tuple[Tensor, Tensor]
+# Added to masked attention scores of the recurrent forecasters and the GRU: exp() underflows to
+# exactly 0, and a fully masked row (never produced by the server) stays finite.
+MASK_VALUE = -1e9
 
 
 @dataclass(frozen=True)
@@ -65,32 +65,28 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def _split(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape  # (B, T, D) -> (B, H, T, Dh)
-        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        self.dropout = dropout
 
     def project_kv(self, x: Tensor) -> KV:
-        """(B, S, D) -> keys and values, each (B, H, S, Dh)."""
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        """(B, S, D) -> keys and values, each (B, S, D)."""
+        return self.k_proj(x), self.v_proj(x)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """x (B, T, D) attends over k, v (B, H, S, Dh); mask (B, 1, T or 1, S) bool, True = attend."""
-        return self.attend(x, k, v, mask)[0]
-
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """As `forward`, also returning the attention probabilities (B, H, T, S) before dropout."""
-        q = self._split(self.q_proj(x)) * (self.head_dim**-0.5)
-        scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill(~mask, MASK_VALUE)  # (B, H, T, S)
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.matmul(self.dropout(probs), v).transpose(1, 2)  # (B, T, H, Dh)
-        return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1)), probs
+    def forward(
+        self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, past: KV | None = None, probabilities: bool = False
+    ) -> tuple[Tensor, KV, Tensor | None]:
+        """x (B, T, D) attends over k, v (B, S, D), after `past` (B, H, P, Dh) if given; mask
+        (B, 1, T, P + S) bool, True = attend. Returns the output (B, T, D), the keys and
+        values attended over (B, H, P + S, Dh), and with `probabilities` the attention
+        probabilities (B, H, T, P + S)."""
+        out, kv, probs = attend(
+            self.q_proj(x), k, v, mask, self.n_heads, past, probabilities,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(out), kv, probs
 
 
 class FeedForward(nn.Module):
@@ -115,8 +111,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         h = self.norm1(x)
-        k, v = self.attn.project_kv(h)
-        x = x + self.dropout(self.attn(h, k, v, mask))
+        x = x + self.dropout(self.attn(h, *self.attn.project_kv(h), mask)[0])
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
@@ -132,25 +127,17 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, past: KV, self_mask: Tensor, cross: KV, cross_mask: Tensor
-    ) -> tuple[Tensor, KV]:
-        """Returns the new hidden states and the self-attention K/V with this call's tokens appended."""
-        x, kv, _ = self.forward_with_attention(x, past, self_mask, cross, cross_mask)
-        return x, kv
-
-    def forward_with_attention(
-        self, x: Tensor, past: KV, self_mask: Tensor, cross: KV, cross_mask: Tensor
-    ) -> tuple[Tensor, KV, Tensor]:
-        """As `forward`, also returning the cross-attention probabilities (B, H, T, S)."""
+        self, x: Tensor, past: KV, self_mask: Tensor, cross: KV, cross_mask: Tensor, probabilities: bool = False
+    ) -> tuple[Tensor, KV, Tensor | None]:
+        """Returns the new hidden states, the self-attention K/V with this call's tokens appended
+        (B, H, P + T, Dh), and with `probabilities` the cross-attention probabilities (B, H, T, S)."""
         h = self.norm1(x)
-        k_new, v_new = self.self_attn.project_kv(h)
-        k = torch.cat([past[0], k_new], dim=2)  # (B, H, P + T, Dh)
-        v = torch.cat([past[1], v_new], dim=2)
-        x = x + self.dropout(self.self_attn(h, k, v, self_mask))
-        attended, probs = self.cross_attn.attend(self.norm2(x), cross[0], cross[1], cross_mask)
+        attended, kv, _ = self.self_attn(h, *self.self_attn.project_kv(h), self_mask, past=past)
+        x = x + self.dropout(attended)
+        attended, _, probs = self.cross_attn(self.norm2(x), cross[0], cross[1], cross_mask, probabilities=probabilities)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.norm3(x)))
-        return x, (k, v), probs
+        return x, kv, probs
 
 
 class Transformer(nn.Module):
@@ -175,11 +162,11 @@ class Transformer(nn.Module):
         """input_ids, attention_mask (B, S), mask 1 = token, 0 = padding (right-padded).
 
         Returns encoder states (B, S, D) and, per decoder layer, the cross-attention K/V
-        (B, H, S, Dh): computed once here instead of at every decoder step.
+        (B, S, D): computed once here instead of at every decoder step.
         """
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         x = self._embed(input_ids, positions)
-        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = padding_mask(attention_mask, input_ids.shape[1])  # (B, 1, S, S)
         for layer in self.encoder_layers:
             x = layer(x, mask)
         states = self.encoder_norm(x)
@@ -199,48 +186,28 @@ class Transformer(nn.Module):
         encoder_attention_mask: Tensor,
         past: list[KV],
         cross: list[KV],
-    ) -> tuple[Tensor, list[KV]]:
+        alignment_layer: int | None = None,
+    ) -> tuple[Tensor, list[KV], Tensor | None]:
         """One decoder call over T new tokens per row.
 
         input_ids, position_ids: (B, T). decoder_attention_mask: (B, P + T), 1 where a past or new
         position holds a real token of this row (0 marks padding in the cache, so rows that
         joined the batch at different times can share one call). encoder_attention_mask: (B, S).
-        past: per layer (k, v), each (B, H, P, Dh). cross: per layer (k, v), each (B, H, S, Dh).
+        past: per layer (k, v), each (B, H, P, Dh). cross: per layer (k, v), each (B, S, D).
 
-        Returns logits (B, T, V) and per layer the present (k, v), each (B, H, P + T, Dh).
+        Returns logits (B, T, V), per layer the present (k, v), each (B, H, P + T, Dh), and with
+        `alignment_layer` that layer's cross-attention probabilities averaged over heads,
+        (B, T, S): each row sums to 1 over real source tokens, 0 on padding.
         """
-        logits, present, _ = self.decode_with_alignments(
-            input_ids, position_ids, decoder_attention_mask, encoder_attention_mask, past, cross, alignment_layer=0
-        )
-        return logits, present
-
-    def decode_with_alignments(
-        self,
-        input_ids: Tensor,
-        position_ids: Tensor,
-        decoder_attention_mask: Tensor,
-        encoder_attention_mask: Tensor,
-        past: list[KV],
-        cross: list[KV],
-        alignment_layer: int,
-    ) -> tuple[Tensor, list[KV], Tensor]:
-        """As `decode`, also returning layer `alignment_layer`'s cross-attention probabilities
-        averaged over heads, (B, T, S): each row sums to 1 over real source tokens, 0 on padding."""
-        p, t = past[0][0].shape[2], input_ids.shape[1]
-        # New token i sits at cache index p + i and may see every index up to its own.
-        query_index = torch.arange(t, device=input_ids.device).unsqueeze(1) + p  # (T, 1)
-        key_index = torch.arange(p + t, device=input_ids.device).unsqueeze(0)  # (1, P + T)
-        causal = key_index <= query_index  # (T, P + T)
-        self_mask = decoder_attention_mask.bool()[:, None, None, :] & causal  # (B, 1, T, P + T)
-        cross_mask = encoder_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-
+        self_mask = causal_mask(decoder_attention_mask, input_ids.shape[1])  # (B, 1, T, P + T)
+        cross_mask = padding_mask(encoder_attention_mask, input_ids.shape[1])  # (B, 1, T, S)
         x = self._embed(input_ids, position_ids)
         present: list[KV] = []
         alignments = None
         for i, (layer, layer_past, layer_cross) in enumerate(zip(self.decoder_layers, past, cross)):
-            x, kv, probs = layer.forward_with_attention(x, layer_past, self_mask, layer_cross, cross_mask)
+            x, kv, probs = layer(x, layer_past, self_mask, layer_cross, cross_mask, probabilities=i == alignment_layer)
             present.append(kv)
-            if i == alignment_layer:
+            if probs is not None:
                 alignments = probs.mean(dim=1)
         logits = torch.matmul(self.decoder_norm(x), self.embed.weight.t())  # (B, T, V)
         return logits, present, alignments
@@ -251,5 +218,5 @@ class Transformer(nn.Module):
         batch, t = tgt_in.shape
         positions = torch.arange(t, device=src.device).unsqueeze(0).expand(batch, t)
         tgt_mask = (tgt_in != self.cfg.pad_id).long()
-        logits, _ = self.decode(tgt_in, positions, tgt_mask, src_mask, self.empty_past(batch), cross)
+        logits, _, _ = self.decode(tgt_in, positions, tgt_mask, src_mask, self.empty_past(batch), cross)
         return logits

@@ -126,7 +126,7 @@ def test_trained_transformer_exports_pytorch_cross_attention_head_mean(runs: dic
     with torch.inference_mode():
         _, cross = model.encode(torch.from_numpy(src), torch.from_numpy(src_mask))
         positions = torch.arange(4).expand(len(texts), 4)
-        _, _, reference = model.decode_with_alignments(
+        _, _, reference = model.decode(
             prefix, positions, torch.ones_like(prefix), torch.from_numpy(src_mask), model.empty_past(len(texts)), cross, 0
         )
     for t, step in enumerate(alignments):

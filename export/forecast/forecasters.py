@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from seqcast.export.config import ForecastConfig
-from seqcast.export.transformer import KV, MASK_VALUE, DecoderLayer, EncoderLayer, TransformerConfig, sinusoidal_embedding
+from seqcast.export.attention import KV, causal_mask, padding_mask
+from seqcast.export.transformer import MASK_VALUE, DecoderLayer, EncoderLayer, TransformerConfig, sinusoidal_embedding
 
 
 def monotone(raw: Tensor) -> Tensor:
@@ -102,7 +103,7 @@ class TransformerForecaster(nn.Module):
         (B, S, D), the last season of values (B, m), cross K/V per decoder layer."""
         x = self.encoder_in(values.unsqueeze(-1)) + sinusoidal_embedding(_distance_from_end(mask), self.cfg.d_model)
         x = self.dropout(x)
-        attend = mask.bool()[:, None, None, :]
+        attend = padding_mask(mask, values.shape[1])
         for layer in self.encoder_layers:
             x = layer(x, attend)
         states = self.encoder_norm(x)
@@ -129,16 +130,13 @@ class TransformerForecaster(nn.Module):
 
         Returns quantiles (B, T, Q) and the present K/V per layer (B, H, P + T, Dh).
         """
-        p, t = past[0][0].shape[2], input_values.shape[1]
-        query_index = torch.arange(t, device=input_values.device).unsqueeze(1) + p
-        key_index = torch.arange(p + t, device=input_values.device).unsqueeze(0)
-        self_mask = decoder_attention_mask.bool()[:, None, None, :] & (key_index <= query_index)
-        cross_mask = encoder_attention_mask.bool()[:, None, None, :]
+        self_mask = causal_mask(decoder_attention_mask, input_values.shape[1])
+        cross_mask = padding_mask(encoder_attention_mask, input_values.shape[1])
         x = self.decoder_in(input_values.unsqueeze(-1)) + sinusoidal_embedding(position_ids, self.cfg.d_model)
         x = self.dropout(x)
         present: list[KV] = []
         for layer, layer_past, layer_cross in zip(self.decoder_layers, past, cross):
-            x, kv = layer(x, layer_past, self_mask, layer_cross, cross_mask)
+            x, kv, _ = layer(x, layer_past, self_mask, layer_cross, cross_mask)
             present.append(kv)
         seasonal_naive = last_season.gather(1, position_ids % self.season_length)  # (B, T)
         return seasonal_naive.unsqueeze(-1) + monotone(self.head(self.decoder_norm(x))), present

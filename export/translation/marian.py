@@ -31,11 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from seqcast.bundle.manifest import TensorSpec
+from seqcast.export.attention import KV, attend, causal_mask, padding_mask
 from seqcast.export.graphs import F32, I64, GraphPair, default_alignment_layer, kv_specs, split_kv
 from seqcast.export.translation.hf_checkpoint import MarianCheckpoint
 
-# Added to masked attention scores; exp() of it underflows to exactly 0 (HF adds finfo.min).
-MASK_VALUE = -1e9
 # Logit of tokens that must never be generated: finite, so parity differences stay numbers.
 SUPPRESSED_LOGIT = -1e9
 
@@ -65,23 +64,18 @@ def activation(name: str) -> nn.Module:
     }[name]
 
 
-def _split(x: Tensor, heads: int) -> Tensor:
-    b, t, d = x.shape  # (B, T, D) -> (B, H, T, Dh)
-    return x.view(b, t, heads, d // heads).transpose(1, 2)
+def _attention(
+    attn: nn.Module, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, heads: int, past: KV | None = None, probabilities: bool = False
+) -> tuple[Tensor, KV, Tensor | None]:
+    """HF MarianAttention on explicit K/V: x (B, T, D) attends over k, v (B, S, D) after `past`
+    (B, H, P, Dh); mask (B, 1, T, P + S) bool, True = attend. Returns the output (B, T, D),
+    the keys and values attended over (B, H, P + S, Dh), and the probabilities if asked."""
+    out, kv, probs = attend(attn.q_proj(x), k, v, mask, heads, past, probabilities)
+    return attn.out_proj(out), kv, probs
 
 
-def _attend(attn: nn.Module, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    """HF MarianAttention's eager path on explicit K/V: x (B, T, D), k, v (B, H, S, Dh), mask
-    (B, 1, T or 1, S) bool, True = attend. Returns the output (B, T, D) and probabilities (B, H, T, S)."""
-    q = _split(attn.q_proj(x), heads)
-    scores = torch.matmul(q, k.transpose(2, 3)) * (q.shape[-1] ** -0.5)
-    probs = torch.softmax(scores.masked_fill(~mask, MASK_VALUE), dim=-1)
-    out = torch.matmul(probs, v).transpose(1, 2)
-    return attn.out_proj(out.reshape(out.shape[0], out.shape[1], -1)), probs
-
-
-def _project_kv(attn: nn.Module, x: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    return _split(attn.k_proj(x), heads), _split(attn.v_proj(x), heads)
+def _project_kv(attn: nn.Module, x: Tensor) -> KV:
+    return attn.k_proj(x), attn.v_proj(x)
 
 
 class MarianEncoderGraph(nn.Module):
@@ -100,19 +94,20 @@ class MarianEncoderGraph(nn.Module):
     def forward(self, input_ids: Tensor, encoder_attention_mask: Tensor) -> tuple[Tensor, ...]:
         s = input_ids.shape[1]
         x = self.encoder.embed_tokens(input_ids) * self.scale + self.positions[:s]
-        mask = encoder_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = padding_mask(encoder_attention_mask, s)  # (B, 1, S, S)
         for layer in self.encoder.layers:
-            k, v = _project_kv(layer.self_attn, x, self.heads)
-            x = layer.self_attn_layer_norm(x + _attend(layer.self_attn, x, k, v, mask, self.heads)[0])
+            attended = _attention(layer.self_attn, x, *_project_kv(layer.self_attn, x), mask, self.heads)[0]
+            x = layer.self_attn_layer_norm(x + attended)
             x = layer.final_layer_norm(x + layer.fc2(self.act(layer.fc1(x))))
-        cross = [_project_kv(layer.encoder_attn, x, self.heads) for layer in self.decoder_layers]
+        cross = [_project_kv(layer.encoder_attn, x) for layer in self.decoder_layers]
         return (x, *(t for kv in cross for t in kv))
 
 
 class MarianDecoderGraph(nn.Module):
     """One decoder call. Inputs: input_ids, position_ids, decoder_attention_mask,
     encoder_attention_mask, then per layer past self K/V, then per layer cross K/V.
-    Outputs: logits (B, T, V), per layer present self K/V (B, H, P + T, Dh), alignments (B, T, S)."""
+    Outputs: logits (B, T, V), per layer present self K/V (B, H, P + T, Dh), alignments (B, T, S).
+    Cross K/V are (B, S, D)."""
 
     def __init__(self, hf_model: Any, suppressed: tuple[int, ...], alignment_layer: int) -> None:
         super().__init__()
@@ -139,25 +134,23 @@ class MarianDecoderGraph(nn.Module):
         *kv: Tensor,
     ) -> tuple[Tensor, ...]:
         past, cross = split_kv(kv, self.layers)
-        p, t = past[0][0].shape[2], input_ids.shape[1]
-        # New token i sits at cache index p + i and sees every real index up to its own.
-        causal = torch.arange(p + t, device=input_ids.device)[None, :] <= (torch.arange(t, device=input_ids.device)[:, None] + p)
-        self_mask = decoder_attention_mask.bool()[:, None, None, :] & causal  # (B, 1, T, P + T)
-        cross_mask = encoder_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        self_mask = causal_mask(decoder_attention_mask, input_ids.shape[1])  # (B, 1, T, P + T)
+        cross_mask = padding_mask(encoder_attention_mask, input_ids.shape[1])  # (B, 1, T, S)
 
         # Per-row positions: a gather from the fixed table, (B, T, D).
         x = self.decoder.embed_tokens(input_ids) * self.scale + self.positions[position_ids]
         present: list[Tensor] = []
         alignments = None
-        for i, (layer, (pk, pv), (ck, cv)) in enumerate(zip(self.decoder.layers, past, cross)):
-            k_new, v_new = _project_kv(layer.self_attn, x, self.heads)
-            k, v = torch.cat([pk, k_new], dim=2), torch.cat([pv, v_new], dim=2)
-            x = layer.self_attn_layer_norm(x + _attend(layer.self_attn, x, k, v, self_mask, self.heads)[0])
-            attended, probs = _attend(layer.encoder_attn, x, ck, cv, cross_mask, self.heads)
+        for i, (layer, layer_past, (ck, cv)) in enumerate(zip(self.decoder.layers, past, cross)):
+            attended, kv, _ = _attention(layer.self_attn, x, *_project_kv(layer.self_attn, x), self_mask, self.heads, layer_past)
+            x = layer.self_attn_layer_norm(x + attended)
+            attended, _, probs = _attention(
+                layer.encoder_attn, x, ck, cv, cross_mask, self.heads, probabilities=i == self.alignment_layer
+            )
             x = layer.encoder_attn_layer_norm(x + attended)
             x = layer.final_layer_norm(x + layer.fc2(self.act(layer.fc1(x))))
-            present += [k, v]
-            if i == self.alignment_layer:
+            present += list(kv)
+            if probs is not None:
                 alignments = probs.mean(dim=1)  # (B, T, S)
         logits = self.lm_head(x) + self.final_logits_bias
         logits = logits.masked_fill(self.suppress, SUPPRESSED_LOGIT)
