@@ -245,8 +245,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="how int8 weights are stored and computed (default: per-row activation scales, so a sentence "
                         "decodes the same whatever shares its batch; the others are the forms measured against it)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
-                   help="ONNX Runtime's transformer-optimizer fusions first (default: on for int8 transformers, "
-                        "where the step-time bench measured them faster)")
+                   help="ONNX Runtime's transformer-optimizer fusions first, for graphs whose attention is written "
+                        "out op by op (default: on for such int8 transformers, where the step-time bench measured "
+                        "them faster; graphs with one ONNX Attention node per block have nothing to fuse)")
     _quality_flags(p)
 
 

@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
+
 from seqcast.bundle.loading import verify_bundle
 from seqcast.bundle.manifest import Manifest, PrecisionInfo
 from seqcast.bundle.runtime import BundleMismatch
@@ -61,17 +63,24 @@ def _convert_graphs(
     for name in manifest.files:
         if name not in graphs:
             shutil.copy(src / name, work / name)
-    shape = _attention_shape(manifest) if fuse else None
+    shape = _attention_shape(src, manifest) if fuse else None
     return {name: convert_graph(src / name, work / name, precision, int8_form, shape) for name in graphs}
 
 
-def _fusable(manifest: Manifest) -> bool:
-    return manifest.architecture in ("transformer", "marian") and {"n_heads", "d_model"} <= set(manifest.dims)
+def _fusable(src: Path, manifest: Manifest) -> bool:
+    """A transformer or Marian bundle whose attention is written out op by op. Graphs with one ONNX
+    `Attention` node per block leave the transformer optimizer nothing: its shape inference stops
+    at that op, and no fusion then matches."""
+    if manifest.architecture not in ("transformer", "marian") or not {"n_heads", "d_model"} <= set(manifest.dims):
+        return False
+    decoder = onnx.load(str(src / manifest.decoder.file), load_external_data=False)
+    return not any(node.op_type == "Attention" for node in decoder.graph.node)
 
 
-def _attention_shape(manifest: Manifest) -> tuple[int, int]:
-    if not _fusable(manifest):
-        raise ValueError(f"fusions need a transformer or marian bundle with n_heads and d_model in its dims, "
+def _attention_shape(src: Path, manifest: Manifest) -> tuple[int, int]:
+    if not _fusable(src, manifest):
+        raise ValueError(f"fusions need a transformer or marian bundle with n_heads and d_model in its dims and "
+                         f"attention written out op by op (not one ONNX Attention node per block), "
                          f"got {manifest.architecture} {manifest.dims}")
     return manifest.dims["n_heads"], manifest.dims["d_model"]
 
@@ -117,8 +126,8 @@ def quantize_bundle(
     if precision not in PRECISIONS or (precision == "fp32" and not fuse):
         raise ValueError(f"precision must be int8 or fp16 (or fp32 with fuse), got {precision!r}")
     source = verify_bundle(src)
-    if fuse is None:  # measured faster for our transformers; for an imported Marian, no faster (one SkipLayerNorm per sublayer)
-        fuse = precision == "int8" and source.architecture == "transformer" and _fusable(source)
+    if fuse is None:  # measured faster for our transformers written op by op; for an imported Marian, no faster
+        fuse = precision == "int8" and source.architecture == "transformer" and _fusable(src, source)
     if source.precision.precision != "fp32":
         raise ValueError(f"{src} is already a {source.precision.precision} bundle; convert its float32 source instead")
     name, version = _name_and_version(source, dst)

@@ -18,7 +18,8 @@ the sentences sharing its batch: in-flight batching returns what decoding alone 
 fuses each MatMulInteger with its scaling into MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
 fixed scale (int8 table, DequantizeLinear after the lookup), which is where most of the size goes;
 a lookup reads one row, so that is per row too. No calibration data is needed and the graph takes
-and returns float32 tensors as before. Transformer graphs first go through ONNX Runtime's
+and returns float32 tensors as before. Transformer graphs whose attention is written out op by op
+(exported before attention became one ONNX Attention node) first go through ONNX Runtime's
 transformer optimizer (`fuse_transformer`; `precision.quantize_bundle` does so for int8
 transformers, where it measured faster).
 
@@ -206,16 +207,10 @@ def _zero_points(scale: str, name: str) -> list[onnx.NodeProto]:
 
 
 def _leading_axes(model: onnx.ModelProto) -> dict[str, tuple[str | int, ...]]:
-    """The leading axes (all but the last) of every tensor whose shape ONNX Runtime's symbolic
-    shape inference resolves, e.g. ("batch", "new_tokens"); empty where it cannot infer the graph.
-    Activations with the same leading axes share one zero-point tensor."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception as e:  # an op it does not know: every activation then gets its own zero point
-        log.info("no symbolic shapes (%s); one zero-point tensor per quantized activation", e)
-        return {}
+    """The leading axes (all but the last) of every tensor whose shape ONNX shape inference
+    resolves, e.g. ("batch", "new_tokens"). Activations with the same leading axes share one
+    zero-point tensor; one whose shape is not resolved gets its own."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     axes = {}
     for value in [*inferred.graph.value_info, *inferred.graph.input]:
         dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
