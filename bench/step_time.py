@@ -1,6 +1,6 @@
 """Decoder step time: against position (cache or not), and across bundles side by side.
 
-Three modes, all running a bundle's own decoder.onnx through the server's ONNX Runtime session
+Four modes, all running a bundle's own decoder.onnx through the server's ONNX Runtime session
 settings on CPU, on real test sentences' encoder outputs:
 
 * positions (default): step time against position p on the en-de bundle at batch 1, with the
@@ -9,6 +9,11 @@ settings on CPU, on real test sentences' encoder outputs:
   cell runs in a fresh process (no warm caches or allocator state shared between variants),
   and the rounds are interleaved (every cell once per round), so load on a shared machine
   falls on all variants alike. Medians over rounds, with ranges, and ratios to the first variant;
+* `--paired`: every variant loaded in one process, single steps alternated between them, and
+  each step's time divided by the first variant's step next to it; the median of those ratios
+  (with its interquartile range) resolves differences of a few percent that the rounds of
+  `--compare` cannot. The variants evict each other's weights from the caches, so the absolute
+  times are above a lone session's: read the ratios;
 * `--profile`: ONNX Runtime's profiler on one variant: time per op type per step.
 
 A variant is a bundle directory, `LABEL=BUNDLE_DIR`, or `LABEL=BUNDLE_DIR:DECODER_ONNX` to time
@@ -16,6 +21,7 @@ another decoder graph (an experimental form) under that bundle's manifest.
 
     python bench/step_time.py --repeats 20
     python bench/step_time.py --compare fp32=models/en-de/1 int8=models/en-de/2 --batch 1 16 --threads 1 2 --rounds 3
+    python bench/step_time.py --paired fp32=models/en-de/1 int8=models/en-de/2 --batch 1 16 --pairs 2000
     python bench/step_time.py --profile int8=models/en-de/2 --batch 1
 """
 
@@ -181,6 +187,37 @@ def compare(args: argparse.Namespace) -> None:
                   f"{min(first) / min(runs):.2f}x |")
 
 
+# --- paired ----------------------------------------------------------------------------------------
+
+
+def paired(args: argparse.Namespace) -> None:
+    """Alternates single steps of every variant in one process; ratios to the first variant's neighbouring step."""
+    variants = [Variant.parse(v) for v in args.paired]
+    threads = args.threads[0]
+    print(f"decoder step, past length {args.past}, 1 new token, {threads} thread(s); {args.pairs} steps per variant, "
+          f"alternated in one process; ratio = a step's time over the first variant's step in the same turn; "
+          f"{machine()}\n")
+    print("| variant | precision | batch | ms / step (median) | ratio to first: median | interquartile range |")
+    print("|---|---|---|---|---|---|")
+    for batch in args.batch:
+        models = [load(v, threads) for v in variants]
+        feeds = [step_feeds(m, batch, args.past) for m in models]
+        for model, feed in zip(models, feeds):
+            for _ in range(WARM_UP):
+                model.runtime.step(feed)
+        times = np.empty((args.pairs, len(models)))
+        for i in range(args.pairs):
+            for j, (model, feed) in enumerate(zip(models, feeds)):
+                t0 = time.perf_counter()
+                model.runtime.step(feed)
+                times[i, j] = time.perf_counter() - t0
+        for j, variant in enumerate(variants):
+            ratios = times[:, j] / times[:, 0]
+            q1, q3 = np.percentile(ratios, [25, 75])
+            print(f"| {variant.label} | {precision_of(variant)} | {batch} | {np.median(times[:, j]) * 1e3:.3f} | "
+                  f"{np.median(ratios):.3f} | {q1:.3f}-{q3:.3f} |", flush=True)
+
+
 # --- profile ---------------------------------------------------------------------------------------
 
 
@@ -222,6 +259,8 @@ def profile(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", nargs="+", metavar="VARIANT", help="variants to time side by side")
+    parser.add_argument("--paired", nargs="+", metavar="VARIANT", help="variants to time step by step, alternated in one process")
+    parser.add_argument("--pairs", type=int, default=2000, help="steps per variant (paired)")
     parser.add_argument("--profile", metavar="VARIANT", help="profile one variant's decoder step by op type")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
@@ -234,6 +273,8 @@ def main() -> None:
         cell(args)
     elif args.compare:
         compare(args)
+    elif args.paired:
+        paired(args)
     elif args.profile:
         profile(args)
     else:
