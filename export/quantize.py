@@ -66,12 +66,13 @@ DEFAULT_INT8_FORM = "qint8-per-row"
 PER_ROW_WEIGHT_MAX = 127
 PER_ROW_ACTIVATION_MAX = 63
 PER_ROW_ZERO_POINT = 64
-# Blocked QuantizeLinear (one block per row) is opset 21. The ops whose definitions changed
-# between opset 18 (today's exports) and 21 only gained types, so the graph means the same.
+# Blocked QuantizeLinear (one block per row) is opset 21. Bundles exported before attention
+# became one node are opset 18; the ops whose definitions changed between 18 and 21 only gained
+# types, so such a graph means the same. Later exports are opset 23 and stay so.
 PER_ROW_OPSET = 21
 # Kept in float32 in fp16 graphs: normalisation and softmax sum many terms, and float16's
-# 10-bit mantissa loses small differences in them.
-FP32_OPS_IN_FP16 = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf")
+# 10-bit mantissa loses small differences in them. Attention holds its softmax inside.
+FP32_OPS_IN_FP16 = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf", "Attention")
 FP16_METHOD = (
     "onnxruntime.transformers.float16.convert_float_to_float16, keep_io_types=True; "
     f"{', '.join(FP32_OPS_IN_FP16)} kept in float32"

@@ -184,6 +184,20 @@ def test_fp16_bundle_keeps_float32_io_and_is_marked_cuda_only(tmp_path: Path) ->
     assert info.quality is None or info.quality.passed
 
 
+def test_fp16_keeps_each_attention_node_in_float32(model_dir: Path, tmp_path: Path) -> None:
+    """An exported transformer's attention is one ONNX Attention node, softmax inside: fp16 keeps
+    it in float32, as it keeps Softmax, and casts around it."""
+    out = tmp_path / "tiny-fp16" / "1"
+    assert _quantize(str(model_dir / "tiny-transformer" / "1"), "--precision", "fp16", "--out", str(out), "--quality-limit", "4") == 0
+    assert "Attention" in Manifest.read(out).precision.method
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "decoder.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert attention and any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    for node in attention:
+        assert {types[name] for name in node.input if name} == {onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL}
+
+
 def test_quantize_bundle_is_the_function_behind_the_command(en_de_int8: Path, tmp_path: Path) -> None:
     manifest = quantize_bundle(EN_DE, tmp_path / "en-de" / "7", "int8", QualityBar(limit=8))
     assert (manifest.name, manifest.version, manifest.precision.precision) == ("en-de", "7", "int8")
