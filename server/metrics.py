@@ -112,6 +112,11 @@ def observe_request(model: str, method: str, code: grpc.StatusCode, seconds: flo
 _forgotten = 0
 
 
+# Per model, each live scheduler's (queued, in flight), keyed by its DecodeMetrics' id.
+_request_counts: dict[str, dict[int, tuple[int, int]]] = {}
+_counts_lock = threading.Lock()
+
+
 class DecodeMetrics:
     """One model's decoding series, looked up once; the scheduler records through it.
 
@@ -168,10 +173,21 @@ class DecodeMetrics:
 
     def requests(self, queued: int, inflight: int) -> None:
         """The scheduler's own counts, mirrored (set, not inc/dec, so a failed path cannot drift
-        them); the caller holds the lock that guards them, so the last write is the latest count."""
+        them); the caller holds the lock that guards them, so the last write is the latest count.
+
+        While a reload drains the old version, two schedulers serve one model name: the gauges
+        show the sum of every live scheduler's counts for it."""
         self._fresh()
-        self._queued.set(queued)
-        self._inflight.set(inflight)
+        with _counts_lock:
+            counts = _request_counts.setdefault(self.model, {})
+            counts[id(self)] = (queued, inflight)
+            self._queued.set(sum(q for q, _ in counts.values()))
+            self._inflight.set(sum(i for _, i in counts.values()))
+
+    def close(self) -> None:
+        """The scheduler stopped: its counts (zero by then) leave the model's sums."""
+        with _counts_lock:
+            _request_counts.get(self.model, {}).pop(id(self), None)
 
 
 _SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
@@ -195,6 +211,8 @@ def forget_model(model: str) -> None:
     global _forgotten
     for metric, labelnames in _ALL:
         _remove(metric, labelnames, model)
+    with _counts_lock:
+        _request_counts.pop(model, None)
     _forgotten += 1
 
 

@@ -315,6 +315,7 @@ class Scheduler:
             self._held = False
             self._cond.notify()
         self._thread.join()
+        self._metrics.close()
 
     def _wake(self) -> None:
         with self._cond:

@@ -135,3 +135,19 @@ def test_a_scheduler_keeps_exporting_after_another_server_forgets_its_model_name
     text = scrape(server.port)
     assert 'seqcast_inflight_requests{model="metrics-shared"} 3.0' in text
     assert 'seqcast_decode_batch_rows_count{model="metrics-shared"} 1.0' in text
+
+
+def test_while_a_reload_drains_the_request_gauges_sum_both_versions(server: MetricsServer) -> None:
+    old, new = metrics.DecodeMetrics("metrics-reload"), metrics.DecodeMetrics("metrics-reload")
+    old.requests(queued=0, inflight=3)
+    new.requests(queued=1, inflight=2)
+    text = scrape(server.port)
+    assert 'seqcast_inflight_requests{model="metrics-reload"} 5.0' in text
+    assert 'seqcast_queue_requests{model="metrics-reload"} 1.0' in text
+    old.requests(queued=0, inflight=0)  # the old version's last request finished
+    new.requests(queued=0, inflight=2)
+    assert 'seqcast_inflight_requests{model="metrics-reload"} 2.0' in scrape(server.port)
+    old.close()
+    new.requests(queued=0, inflight=4)
+    assert 'seqcast_inflight_requests{model="metrics-reload"} 4.0' in scrape(server.port)
+    metrics.forget_model("metrics-reload")
