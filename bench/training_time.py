@@ -10,7 +10,7 @@ per-step cost depends on the batch size in tokens, not on the size of the corpus
 is also timed with bf16 autocast, so the table shows what `--bf16` costs or saves on this CPU (on
 one without native bf16 a step takes long enough that 1 and 3 steps are timed).
 
-    python bench/training_time.py [--rounds 3] [--only tourism-transformer ...]
+    python bench/training_time.py [--rounds 3] [--only tourism-lstm-dot ...]
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def cell(model: Model) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", nargs="+", help="model names (as in the table) to time")
+    parser.add_argument("--only", nargs="+", choices=[m.name for m in MODELS], metavar="MODEL",
+                        help=f"models to time, by their name in the table: {', '.join(m.name for m in MODELS)}")
     args = parser.parse_args()
     models = [m for m in MODELS if not args.only or m.name in args.only]
     times: dict[str, list[float]] = {m.name: [] for m in models}
