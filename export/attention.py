@@ -46,10 +46,10 @@ def attend(
 ) -> tuple[Tensor, KV, Tensor | None]:
     """Scaled dot-product attention of q (B, T, D) over k, v (B, S, D), after `past` if given.
 
-    mask: bool (B, 1, T, P + S), True = attend (ONNX Runtime wants T at full length). Returns the output (B, T, D),
-    the keys and values attended over as (B, H, P + S, Dh) each (the next step's cache), and with
-    `probabilities` the softmax (B, H, T, P + S). A `dropout` above 0 (training) applies to the
-    probabilities, which are then not returned.
+    mask: bool (B, 1, T, P + S), True = attend (ONNX Runtime wants T at full length). Returns
+    the output (B, T, D), the keys and values attended over as (B, H, P + S, Dh) each (the next
+    step's cache), and with `probabilities` the softmax (B, H, T, P + S). A `dropout` above 0
+    (training) applies to the probabilities, which are then not returned.
     """
     if dropout > 0.0:
         if probabilities:
