@@ -120,6 +120,11 @@ class _TokenSequence(Sequence):
     """A single-row token sequence; subclasses choose the token. End-of-sequence can't be chosen
     before `min_length` tokens were generated."""
 
+    # Whether `choose` reads the logits (else only their argmax): before `min_length`, logits are
+    # copied with end-of-sequence masked for choosers that read them, and for the others only when
+    # end-of-sequence is the argmax.
+    reads_logits = True
+
     def __init__(self, eos: int, limit: int, min_length: int = 0) -> None:
         super().__init__(limit)
         self.eos = eos
@@ -135,7 +140,7 @@ class _TokenSequence(Sequence):
 
     def advance(self, outputs: np.ndarray, best: np.ndarray, alignments: np.ndarray | None = None) -> tuple[list[int], list[Any]]:
         logits, top = outputs[0], int(best[0])
-        if self.generated < self.min_length:
+        if self.generated < self.min_length and (self.reads_logits or top == self.eos):
             logits = logits.copy()
             logits[self.eos] = -np.inf
             top = int(logits.argmax())
@@ -154,6 +159,8 @@ class _TokenSequence(Sequence):
 
 
 class GreedySequence(_TokenSequence):
+    reads_logits = False
+
     def choose(self, logits: np.ndarray, best: int) -> int:
         return best
 
