@@ -17,7 +17,9 @@ the sentences sharing its batch: in-flight batching returns what decoding alone 
 (7 bits) per row, both symmetric, activations stored as uint8 around a zero point; ONNX Runtime
 fuses each MatMulInteger with its scaling into MatMulIntegerToFloat, which keeps the per-row scales. The embedding Gathers are quantized with a
 fixed scale (int8 table, DequantizeLinear after the lookup), which is where most of the size goes;
-a lookup reads one row, so that is per row too. No calibration data is needed and the graph takes
+a lookup reads one row, so that is per row too. Before the MatMuls are rewritten,
+`biases.move_biases` takes the bias Adds it can out of the graph (each one is a node of its own
+after a quantized MatMul). No calibration data is needed and the graph takes
 and returns float32 tensors as before. Transformer graphs whose attention is written out op by op
 (exported before attention became one ONNX Attention node) first go through ONNX Runtime's
 transformer optimizer (`fuse_transformer`; `precision.quantize_bundle` does so for int8
@@ -41,6 +43,8 @@ from typing import Literal
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from seqcast.export.biases import move_biases
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +328,8 @@ def int8_method(form: str) -> str:
         return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with int8 "
                 f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and activations in "
                 f"[-{PER_ROW_ACTIVATION_MAX}, {PER_ROW_ACTIVATION_MAX}] scaled per row (blocked QuantizeLinear; a row's numbers do not depend on its batch-mates); "
+                "attention key biases dropped and value biases folded into the output projection, residual biases moved "
+                "before the residual Add (seqcast.export.biases); "
                 "onnxruntime.quantization.quantize_dynamic for Gather (embeddings, QInt8 per tensor); LSTM cells float32")
     if form == "matmulnbits-8bit":
         return ("onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer: 8-bit weights in blocks of "
@@ -357,6 +363,8 @@ def _quantize_int8(folded: Path, dst: Path, form: str) -> None:
             return
         if form == "qint8-per-row":
             model = onnx.load(str(folded))
+            moved = move_biases(model)
+            log.info("biases moved: %s", dict(moved) or "none")
             per_row_matmuls(model)
             onnx.save_model(model, str(folded))
         quantize_dynamic(
