@@ -1,6 +1,6 @@
 """Decoder step time: against position (cache or not), and across bundles side by side.
 
-Four modes, all running a bundle's own decoder.onnx through the server's ONNX Runtime session
+Five modes, all running a bundle's own decoder.onnx through the server's ONNX Runtime session
 settings on CPU, on real test sentences' encoder outputs:
 
 * positions (default): step time against position p on the en-de bundle at batch 1, with the
@@ -14,7 +14,10 @@ settings on CPU, on real test sentences' encoder outputs:
   (with its interquartile range) resolves differences of a few percent that the rounds of
   `--compare` cannot. The variants evict each other's weights from the caches, so the absolute
   times are above a lone session's: read the ratios;
-* `--profile`: ONNX Runtime's profiler on one variant: time per op type per step.
+* `--profile`: ONNX Runtime's profiler on one variant: time per op type per step;
+* `--split`: whole greedy decodes of exactly 64 new tokens per row through the decoding loop
+  (`seqcast.bundle.decoding`), each token's time split into the decoder step (the session call),
+  the encoder (its call, spread over the 64 tokens) and the loop's own Python (the rest).
 
 A variant is a bundle directory, `LABEL=BUNDLE_DIR`, or `LABEL=BUNDLE_DIR:DECODER_ONNX` to time
 another decoder graph (an experimental form) under that bundle's manifest.
@@ -23,6 +26,7 @@ another decoder graph (an experimental form) under that bundle's manifest.
     python bench/step_time.py --compare fp32=models/en-de/1 int8=models/en-de/2 --batch 1 16 --threads 1 2 --rounds 3
     python bench/step_time.py --paired fp32=models/en-de/1 int8=models/en-de/2 --batch 1 16 --pairs 2000
     python bench/step_time.py --profile int8=models/en-de/2 --batch 1
+    python bench/step_time.py --split int8=models/en-de/2 --batch 1 16 --repeats 20
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from seqcast.bundle.decoding import pad_batch
+from seqcast.bundle.decoding import greedy_tokens, pad_batch
 from seqcast.bundle.loading import Bundle, open_bundle
 from seqcast.bundle.manifest import Manifest
 from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
@@ -256,12 +260,53 @@ def profile(args: argparse.Namespace) -> None:
         print(f"| {op} | {len(nodes[op])} | {ms:.3f} | {ms / total:.0%} |")
 
 
+# --- split -----------------------------------------------------------------------------------------
+
+SPLIT_TOKENS = 64
+
+
+def split(args: argparse.Namespace) -> None:
+    """Per generated token: the decoding loop's time, split into decoder step, encoder and the loop's Python."""
+    print(f"greedy decoding, exactly {SPLIT_TOKENS} new tokens per row, {args.threads[0]} thread(s); medians of "
+          f"{args.repeats} decodes after 2 warm-ups; ms per step (one token per row); {machine()}\n")
+    print("| variant | batch | whole step | decoder call | encoder call (per step) | loop's Python | Python share |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, batch in itertools.product([Variant.parse(v) for v in args.split], args.batch):
+        model = load(variant, args.threads[0])
+        runtime, spent = model.runtime, {"step": 0.0, "encode": 0.0}
+
+        def timed(call, key):
+            def run(*a):
+                t0 = time.perf_counter()
+                try:
+                    return call(*a)
+                finally:
+                    spent[key] += time.perf_counter() - t0
+            return run
+
+        runtime.step, runtime.encode = timed(runtime.step, "step"), timed(runtime.encode, "encode")
+        sources = model.codec.encode([SENTENCES[i % len(SENTENCES)] for i in range(batch)])
+        rows = []
+        for i in range(2 + args.repeats):
+            spent.update(step=0.0, encode=0.0)
+            t0 = time.perf_counter()
+            greedy_tokens(runtime, model.manifest.special_tokens, sources, SPLIT_TOKENS, min_new_tokens=SPLIT_TOKENS)
+            whole = time.perf_counter() - t0
+            if i >= 2:
+                rows.append((whole, spent["step"], spent["encode"], whole - spent["step"] - spent["encode"]))
+        whole, step, encode, python = (statistics.median(column) / SPLIT_TOKENS * 1e3 for column in zip(*rows))
+        print(f"| {variant.label} | {batch} | {whole:.3f} | {step:.3f} | {encode:.3f} | {python:.3f} | {python / whole:.0%} |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", nargs="+", metavar="VARIANT", help="variants to time side by side")
     parser.add_argument("--paired", nargs="+", metavar="VARIANT", help="variants to time step by step, alternated in one process")
     parser.add_argument("--pairs", type=int, default=2000, help="steps per variant (paired)")
     parser.add_argument("--profile", metavar="VARIANT", help="profile one variant's decoder step by op type")
+    parser.add_argument("--split", nargs="+", metavar="VARIANT",
+                        help="variants to decode whole, split into decoder step, encoder and the loop's Python")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
@@ -277,6 +322,8 @@ def main() -> None:
         paired(args)
     elif args.profile:
         profile(args)
+    elif args.split:
+        split(args)
     else:
         args.threads = args.threads[0]
         positions(args)
