@@ -4,22 +4,18 @@ Builds on `onnx` graph edits; `quantize.per_row_matmuls` runs after it on int8 g
 every bias Add after a quantized MatMul stays a node of its own (ONNX Runtime's fused
 MatMulIntegerToFloat would scale a bias by the per-row activation scale, see
 `quantize._bias_apart`). At batch 1 such an Add costs about as much as the arithmetic around
-it, so a bias that can be moved elsewhere, or dropped, is:
+it, so the biases of attention's keys and values, which attention itself makes redundant, go:
 
-- **Attention keys**: a bias on the keys adds q . b to every score of a query, the same for every
-  key, and softmax ignores a constant: dropped.
-- **Attention values**: the probabilities of each query sum to 1, so a bias on the values comes
-  out of attention unchanged, and through the output projection W as b @ W: added to that
-  projection's own bias.
-- **Before a residual Add read only by a LayerNormalization** (post-norm blocks, as Marian's):
-  (r + b) + p instead of r + (p + b), which ONNX Runtime fuses into one SkipLayerNormalization
-  with the bias inside. (Where the sum is read again, as in pre-norm blocks, ONNX Runtime fuses
-  neither form, so the graph is left as it is.)
+- **Keys**: a bias on the keys adds q . b to every score of a query, the same for every key, and
+  softmax ignores a constant: dropped.
+- **Values**: the probabilities of each query sum to 1, so a bias on the values comes out of
+  attention unchanged, and through the output projection W as b @ W: added to that projection's
+  own bias.
 
-Each rewrite applies only where the pattern is exactly as described: a 1-D float32 initializer
-bias, tensors read by the one consumer the rewrite changes, no softcap on the attention. The
-key and value caches then hold keys and values without their biases; they are the graph's own
-state and only it reads them.
+Each rewrite applies only where the pattern is exactly that: a 1-D float32 initializer bias,
+tensors read only by the node the rewrite changes, no softcap on the attention. The self-attention
+cache then holds keys and values without their biases; it is the graph's own state and only the
+graph reads it. Cross-attention keys and values come from the encoder's outputs and keep theirs.
 """
 
 from __future__ import annotations
@@ -123,48 +119,12 @@ def _attention_biases(g: _Graph, removed: dict[int, onnx.NodeProto]) -> Counter[
     return done
 
 
-def _residual_biases(g: _Graph, removed: dict[int, onnx.NodeProto]) -> tuple[Counter[str], list[tuple[onnx.NodeProto, onnx.NodeProto]]]:
-    """(counts, [(new Add(r, b), the residual Add it goes before)])."""
-    done: Counter[str] = Counter()
-    inserted = []
-    for node in list(g.graph.node):
-        found = g.bias_add(node.output[0]) if node.op_type == "Add" else None
-        if found is None or id(node) in removed:
-            continue
-        _, product, bias = found
-        maker = g.producer.get(product)
-        residual = g.only_consumer(node.output[0])
-        if maker is None or g.weight(maker) is None or residual is None or residual.op_type != "Add":
-            continue
-        norm = g.only_consumer(residual.output[0])
-        if norm is None or norm.op_type != "LayerNormalization":
-            continue
-        other = [name for name in residual.input if name != node.output[0]]
-        if len(other) != 1:
-            continue
-        shifted = f"{other[0]}/plus/{bias}"
-        inserted.append((onnx.helper.make_node("Add", [other[0], bias], [shifted]), residual))
-        residual.input[:] = [shifted, product]
-        removed[id(node)] = node
-        done["bias moved into the residual"] += 1
-    return done, inserted
-
-
 def move_biases(model: onnx.ModelProto) -> Counter[str]:
-    """Applies every rewrite above to `model` in place; returns how many of each it made."""
+    """Applies the rewrites above to `model` in place; returns how many of each it made."""
     graph = model.graph
     removed: dict[int, onnx.NodeProto] = {}
     done = _attention_biases(_Graph(graph), removed)
-    moved, inserted = _residual_biases(_Graph(graph), removed)
-    done += moved
-    before = {id(residual): add for add, residual in inserted}
-    nodes = []
-    for node in graph.node:
-        if id(node) in removed:
-            continue
-        if id(node) in before:
-            nodes.append(before[id(node)])
-        nodes.append(node)
+    nodes = [node for node in graph.node if id(node) not in removed]
     del graph.node[:]
     graph.node.extend(nodes)
     used = {name for node in nodes for name in node.input}

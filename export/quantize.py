@@ -328,8 +328,7 @@ def int8_method(form: str) -> str:
         return (f"seqcast per-row dynamic quantization: MatMul (output projection included) as MatMulInteger with int8 "
                 f"weights in [-{PER_ROW_WEIGHT_MAX}, {PER_ROW_WEIGHT_MAX}] scaled per column and activations in "
                 f"[-{PER_ROW_ACTIVATION_MAX}, {PER_ROW_ACTIVATION_MAX}] scaled per row (blocked QuantizeLinear; a row's numbers do not depend on its batch-mates); "
-                "attention key biases dropped and value biases folded into the output projection, residual biases moved "
-                "before the residual Add (seqcast.export.biases); "
+                "attention key biases dropped and value biases folded into the output projection (seqcast.export.biases); "
                 "onnxruntime.quantization.quantize_dynamic for Gather (embeddings, QInt8 per tensor); LSTM cells float32")
     if form == "matmulnbits-8bit":
         return ("onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer: 8-bit weights in blocks of "
