@@ -28,6 +28,7 @@ RUNS: dict[str, list[list[str]]] = {
         ["--profile", f"fp32={EN_DE}", "--batch", "1", "--repeats", "3"],
         ["--split", f"fp32={EN_DE}", "--batch", "1", "--repeats", "1"],
     ],
+    "fusions.py": [["--rows", "2", "--bundles", EN_DE, "--batch", "1", "--calls", "3"]],
     "cache_in_place.py": [["--batch", "1", "--past", "3", "--calls", "5"]],
     "loop_overhead.py": [["--batch", "1", "--rounds", "1", "--seconds", "0.5"]],
     "alignment_cost.py": [["--rounds", "1", "--batch", "1"]],
