@@ -9,12 +9,14 @@ settings on CPU, on real test sentences' encoder outputs:
   cell runs in a fresh process (no warm caches or allocator state shared between variants),
   and the rounds are interleaved (every cell once per round), so load on a shared machine
   falls on all variants alike. Medians over rounds, with ranges, and ratios to the first variant;
-* `--paired`: every variant loaded in one process, single steps alternated between them, and
-  each step's time divided by the first variant's step next to it; the median of those ratios
+* `--paired`: every variant loaded in one process, single steps alternated between them (in
+  reverse order every other turn), and each step's time divided by the first variant's step in
+  the same turn; the median of those ratios
   (with its interquartile range) resolves differences of a few percent that the rounds of
   `--compare` cannot. The variants evict each other's weights from the caches, so the absolute
   times are above a lone session's: read the ratios;
-* `--profile`: ONNX Runtime's profiler on one variant: time per op type per step;
+* `--profile`: ONNX Runtime's profiler on one variant: time per op type per step (the server's
+  CPU session settings, fusions left out included);
 * `--split`: whole greedy decodes of exactly 64 new tokens per row through the decoding loop
   (`seqcast.bundle.decoding`), each token's time split into the decoder step (the session call),
   the encoder (its call, spread over the 64 tokens) and the loop's own Python (the rest).
@@ -51,7 +53,7 @@ import onnxruntime as ort
 from seqcast.bundle.decoding import greedy_tokens, pad_batch
 from seqcast.bundle.loading import Bundle, open_bundle
 from seqcast.bundle.manifest import Manifest
-from seqcast.bundle.runtime import OnnxModel, RuntimeOptions
+from seqcast.bundle.runtime import CPU_DISABLED_FUSIONS, OnnxModel, RuntimeOptions
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "en-de" / "1"
@@ -210,10 +212,14 @@ def paired(args: argparse.Namespace) -> None:
             for _ in range(WARM_UP):
                 model.runtime.step(feed)
         times = np.empty((args.pairs, len(models)))
+        order = list(range(len(models)))
         for i in range(args.pairs):
-            for j, (model, feed) in enumerate(zip(models, feeds)):
+            # Every other turn in reverse, so that running first or second in a turn favours no
+            # variant. (One bundle loaded twice still differs by up to 2% between its two
+            # sessions here: read smaller differences as none.)
+            for j in order if i % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
-                model.runtime.step(feed)
+                models[j].runtime.step(feeds[j])
                 times[i, j] = time.perf_counter() - t0
         for j, variant in enumerate(variants):
             ratios = times[:, j] / times[:, 0]
@@ -238,7 +244,8 @@ def profile(args: argparse.Namespace) -> None:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.enable_profiling = True
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
-    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=CPU_DISABLED_FUSIONS)
     for _ in range(WARM_UP + args.repeats):
         session.run(None, feeds)
     trace = json.loads(Path(session.end_profiling()).read_text())
