@@ -60,10 +60,10 @@ def _providers(device: Device) -> list[str]:
 
 
 # ONNX Runtime's graph fusions left out on CPU. SkipLayerNormFusion merges a residual Add with
-# the LayerNormalization after it; the CPU SkipLayerNormalization kernel it makes takes 24 µs on
-# 16 rows of 256, where LayerNormalization and Add take 6 together (95 against 16 µs on 64 rows),
-# so decoder steps ran 7% (int8) and 4% (float32) slower at batch 16 with it, and no faster at
-# batch 1 (docs/benchmarks.md). Graphs that already hold the fused op keep it.
+# the LayerNormalization after it; a session of the CPU SkipLayerNormalization kernel it makes
+# takes 34 µs a call on 16 rows of 256, one of Add and LayerNormalization 15 (105 against 27 on
+# 64 rows), and Marian decoder steps ran 8% (int8) and 4% (float32) slower at batch 16 with it,
+# no faster at batch 1 (`bench/fusions.py`). Graphs that already hold the fused op keep it.
 CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 
 
