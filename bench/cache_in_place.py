@@ -16,22 +16,23 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_time import alternate, cpu_session_options  # noqa: E402
+
 HEADS, HEAD_SIZE = 4, 64
 WIDTH = HEADS * HEAD_SIZE
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), cpu_session_options(1), providers=["CPUExecutionProvider"])
 
 
 def _inputs(batch: int, cache: str | int) -> list[onnx.ValueInfoProto]:
@@ -89,15 +90,7 @@ def measure(batch: int, past: int, calls: int, rng: np.random.Generator) -> tupl
     expected = concat.run(["y"], feeds)[0]
     in_place.run_with_iobinding(binding)  # writes the new slot at position `past`; every call rewrites it
     difference = float(np.abs(binding.get_outputs()[2].numpy() - expected).max())
-    times = np.empty((calls, 2))
-    calls_of = (lambda: concat.run(None, feeds), lambda: in_place.run_with_iobinding(binding))
-    for i in range(calls):
-        for j in (0, 1) if i % 2 == 0 else (1, 0):  # the order flips every call
-            t0 = time.perf_counter()
-            calls_of[j]()
-            times[i, j] = time.perf_counter() - t0
-    return (float(np.median(times[:, 0])) * 1e3, float(np.median(times[:, 1])) * 1e3,
-            float(np.median(times[:, 1] / times[:, 0])), difference)
+    return (*alternate(calls, lambda: concat.run(None, feeds), lambda: in_place.run_with_iobinding(binding)), difference)
 
 
 def main() -> None:

@@ -20,27 +20,18 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from seqcast.bundle.runtime import CPU_DISABLED_FUSIONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import Variant, load, step_feeds  # noqa: E402
+from step_time import Variant, alternate, cpu_session_options, load, step_feeds  # noqa: E402
 
 WIDTH = 256
-
-
-def _options() -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
 
 
 def _kernel_session(rows: int, fused: bool) -> ort.InferenceSession:
@@ -55,19 +46,7 @@ def _kernel_session(rows: int, fused: bool) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "norm", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return ort.InferenceSession(helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString(),
-                                _options(), providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])
-
-
-def _alternate(calls: int, first, second) -> tuple[float, float, float]:
-    """(median ms of `first`, of `second`, median ratio second / first) over alternated calls."""
-    times = np.empty((calls, 2))
-    for i in range(calls):
-        # The order flips every call, so that running first or second favours neither.
-        for j in (0, 1) if i % 2 == 0 else (1, 0):
-            t0 = time.perf_counter()
-            (first, second)[j]()
-            times[i, j] = time.perf_counter() - t0
-    return float(np.median(times[:, 0])) * 1e3, float(np.median(times[:, 1])) * 1e3, float(np.median(times[:, 1] / times[:, 0]))
+                                cpu_session_options(1), providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_FUSIONS)
 
 
 def kernels(rows_list: list[int], calls: int) -> None:
@@ -78,7 +57,7 @@ def kernels(rows_list: list[int], calls: int) -> None:
         feeds = {n: rng.standard_normal((rows, 1, WIDTH)).astype(np.float32) for n in ("x", "skip")}
         fused, unfused = _kernel_session(rows, True), _kernel_session(rows, False)
         np.testing.assert_allclose(unfused.run(None, feeds)[0], fused.run(None, feeds)[0], atol=1e-4)
-        a, b, ratio = _alternate(calls, lambda: fused.run(None, feeds), lambda: unfused.run(None, feeds))
+        a, b, ratio = alternate(calls, lambda: fused.run(None, feeds), lambda: unfused.run(None, feeds))
         print(f"| {rows} | {a:.4f} | {b:.4f} | {ratio:.2f} |", flush=True)
 
 
@@ -89,13 +68,13 @@ def steps(bundles: list[str], batches: list[int], calls: int) -> None:
         variant = Variant.parse(bundle)
         model = load(variant, 1)
         path = str(variant.bundle / model.manifest.decoder.file)
-        on = ort.InferenceSession(path, _options(), providers=["CPUExecutionProvider"])
-        off = ort.InferenceSession(path, _options(), providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])
+        on = ort.InferenceSession(path, cpu_session_options(1), providers=["CPUExecutionProvider"])
+        off = ort.InferenceSession(path, cpu_session_options(1), providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_FUSIONS)
         names = [o.name for o in on.get_outputs()]
         for batch in batches:
             feeds = step_feeds(model, batch, 30)
             difference = max(float(np.abs(a - b).max()) for a, b in zip(on.run(names, feeds), off.run(names, feeds)))
-            a, b, ratio = _alternate(calls, lambda: on.run(names, feeds), lambda: off.run(names, feeds))
+            a, b, ratio = alternate(calls, lambda: on.run(names, feeds), lambda: off.run(names, feeds))
             print(f"| {variant.label} | {batch} | {a:.3f} | {b:.3f} | {ratio:.3f} | {difference:.1e} |", flush=True)
 
 
