@@ -107,7 +107,7 @@ def _attention_biases(g: _Graph, removed: dict[int, onnx.NodeProto]) -> Counter[
         weight = None if projection is None else g.weight(projection)
         after = None if projection is None else g.only_consumer(projection.output[0])
         out_bias = None if after is None else g.bias_add(after.output[0])
-        if weight is None or out_bias is None or out_bias[0] is not after or out_bias[1] != projection.output[0]:
+        if weight is None or out_bias is None or out_bias[1] != projection.output[0]:
             continue
         add, product, bias = value
         b_out = out_bias[2]
