@@ -37,6 +37,7 @@ from seqcast.client import SeqcastClient, Translation
 from seqcast.export.cli import main as seqcast
 from seqcast.export.translation.corpus import read_split
 from seqcast.export.translation.hf_import import source_model_diff
+from seqcast.export.translation.marian import SUPPRESSED_LOGIT
 from seqcast.export.translation.random_marian import RandomMarian, build_random_marian
 from seqcast.server.settings import ServerSettings
 
@@ -185,6 +186,23 @@ def test_logits_match_transformers_for_padded_batches_and_past_lengths_0_to_13(m
     prefixes = [[start] + rng.integers(1, m.manifest.dims["vocab_size"] - 1, 13).tolist() for _ in texts]
     diff = source_model_diff(m.hf, m.runtime, sources, prefixes, (m.manifest.special_tokens.pad,))
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("which", ["main", "variant"])
+def test_suppressed_tokens_are_an_entry_of_the_logits_bias_not_a_node_of_their_own(marian, which) -> None:
+    """The decoder's logits are one Add of a bias that holds SUPPRESSED_LOGIT at the pad id and
+    final_logits_bias elsewhere; the logits test above shows the sum is exactly SUPPRESSED_LOGIT."""
+    m = marian[which]
+    graph = onnx.load(m.bundle / m.manifest.decoder.file).graph
+    last = next(n for n in graph.node if m.manifest.decoder.output in n.output)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    assert last.op_type == "Add" and "Where" not in {n.op_type for n in graph.node}
+    bias = next(inits[name] for name in last.input if name in inits).reshape(-1)
+    pad = m.manifest.special_tokens.pad
+    assert bias[pad] == np.float32(SUPPRESSED_LOGIT)
+    expected = m.hf.final_logits_bias.numpy().reshape(-1)
+    keep = np.arange(bias.size) != pad
+    np.testing.assert_array_equal(bias[keep], expected[keep])
 
 
 def test_greedy_tokens_equal_generate_num_beams_1(marian, test_sentences) -> None:

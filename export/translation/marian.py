@@ -12,7 +12,8 @@ blocks (residual, then layer norm), the configured activation, `embed_scale` (sq
 `scale_embedding`), a fixed sinusoidal table with sin in the first half and cos in the second,
 gathered per row by position id, `final_logits_bias`, separate or shared embeddings, and no
 final encoder or decoder layer norm. Tokens generation must never produce (the pad id, and
-single-token `bad_words_ids`) get a large negative logit in the graph, as HF's generate does.
+single-token `bad_words_ids`) get a large negative logit in the graph, as HF's generate does:
+it is their entry of the logits bias, so suppressing them costs no node of its own.
 
 The decoder also returns `alignments`: one cross-attention layer's probabilities, averaged over
 heads, (B, T, S); zero on padded source positions.
@@ -35,8 +36,10 @@ from seqcast.export.attention import KV, attend, causal_mask, padding_mask
 from seqcast.export.graphs import F32, I64, GraphPair, default_alignment_layer, kv_specs, split_kv
 from seqcast.export.translation.hf_checkpoint import MarianCheckpoint
 
-# Logit of tokens that must never be generated: finite, so parity differences stay numbers.
-SUPPRESSED_LOGIT = -1e9
+# Logit of tokens that must never be generated: finite, so parity differences stay numbers. It is
+# their entry of the logits bias, and float32 rounds x + SUPPRESSED_LOGIT to SUPPRESSED_LOGIT for
+# every |x| below 2**75, so the bias Add gives exactly this value without a masking node per step.
+SUPPRESSED_LOGIT = -1e30
 
 
 def sinusoidal_table(positions: int, dim: int) -> Tensor:
@@ -114,16 +117,15 @@ class MarianDecoderGraph(nn.Module):
         cfg = hf_model.config
         self.decoder = hf_model.model.decoder
         self.lm_head = hf_model.lm_head
-        self.register_buffer("final_logits_bias", hf_model.final_logits_bias.detach().clone(), persistent=False)
+        logits_bias = hf_model.final_logits_bias.detach().clone()
+        logits_bias[..., list(suppressed)] = SUPPRESSED_LOGIT
+        self.register_buffer("logits_bias", logits_bias, persistent=False)
         self.heads = cfg.decoder_attention_heads
         self.layers = len(self.decoder.layers)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.act = activation(cfg.activation_function)
         self.alignment_layer = alignment_layer
         self.register_buffer("positions", sinusoidal_table(cfg.max_position_embeddings, cfg.d_model), persistent=False)
-        suppress = torch.zeros(self.final_logits_bias.shape[-1], dtype=torch.bool)
-        suppress[list(suppressed)] = True
-        self.register_buffer("suppress", suppress, persistent=False)
 
     def forward(
         self,
@@ -152,8 +154,7 @@ class MarianDecoderGraph(nn.Module):
             present += list(kv)
             if probs is not None:
                 alignments = probs.mean(dim=1)  # (B, T, S)
-        logits = self.lm_head(x) + self.final_logits_bias
-        logits = logits.masked_fill(self.suppress, SUPPRESSED_LOGIT)
+        logits = self.lm_head(x) + self.logits_bias  # final_logits_bias, suppressed tokens at SUPPRESSED_LOGIT
         return (logits, *present, alignments)
 
 
