@@ -29,6 +29,11 @@ out and the reason printed.
     python bench/marian_race.py [--rounds 3] [--batch 1 16] [--work .cache/marian-race]
         [--optimum-python .venv-optimum/bin/python] [--small]
     python bench/marian_race.py --alignment-cost 7      # paired, one process, after a race
+    python bench/marian_race.py --small --paired seqcast-int8 ctranslate2-int8 --rounds 3 --repeats 20
+
+`--paired A B` puts two engines in one process and alternates their decodes, so a slow moment of
+a shared machine slows both: the ratio it gives moves far less between runs than the race's,
+whose cells run seconds apart.
 """
 
 from __future__ import annotations
@@ -147,18 +152,23 @@ def _padded(sources: list[list[int]], pad: int) -> tuple[list[list[int]], list[l
     return [s + [pad] * (width - len(s)) for s in sources], [[1] * len(s) + [0] * (width - len(s)) for s in sources]
 
 
+def _engine(work: Path, sources: list[list[int]], engine: str) -> Callable[[], list[list[int]]]:
+    if engine.startswith("seqcast"):
+        bundle = {"seqcast": "opus", "seqcast-noalign": "opus-noalign", "seqcast-int8": "opus-int8"}[engine]
+        return _cell_seqcast(work, sources, bundle)
+    if engine == "ctranslate2-int8":
+        return _cell_ctranslate2(work, sources, "int8")
+    return {"transformers": _cell_transformers, "optimum": _cell_optimum, "ctranslate2": _cell_ctranslate2}[engine](work, sources)
+
+
 def run_cell(args: argparse.Namespace) -> None:
     _one_thread()
     work = Path(args.work)
     sources = json.loads((work / "sources.json").read_text())[: args.cell_batch]
-    engine = args.cell
-    if engine.startswith("seqcast"):
-        bundle = {"seqcast": "opus", "seqcast-noalign": "opus-noalign", "seqcast-int8": "opus-int8"}[engine]
-        decode = _cell_seqcast(work, sources, bundle)
-    elif engine == "ctranslate2-int8":
-        decode = _cell_ctranslate2(work, sources, "int8")
-    else:
-        decode = {"transformers": _cell_transformers, "optimum": _cell_optimum, "ctranslate2": _cell_ctranslate2}[engine](work, sources)
+    if args.paired:
+        run_pair_cell(work, sources, args.paired, args.repeats)
+        return
+    decode = _engine(work, sources, args.cell)
     tokens = decode()  # warm-up: the same full-length decode
     times = []
     for _ in range(args.repeats):
@@ -275,6 +285,60 @@ def alignment_cost(work: Path, batches: list[int], repeats: int) -> str:
     return "\n".join(lines) + f"\n\n{repeats} paired repeats per batch, {NEW_TOKENS} new tokens per row, one thread."
 
 
+# --- two engines paired in one process --------------------------------------------------------
+
+
+def run_pair_cell(work: Path, sources: list[list[int]], engines: list[str], pairs: int) -> None:
+    """Both engines in this process, each warmed up, then `pairs` decodes of each, alternating
+    A B, B A, ... so both see the same moments of the machine. Prints each pair's times."""
+    first, second = (_engine(work, sources, e) for e in engines)
+    first(), second()
+    times: list[tuple[float, float]] = []
+    for i in range(pairs):
+        turn: dict[int, float] = {}
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            (first, second)[which]()
+            turn[which] = time.perf_counter() - t0
+        times.append((turn[0], turn[1]))
+    print(json.dumps({"times": times}))
+
+
+def paired(args: argparse.Namespace) -> str:
+    """Rounds of one fresh process per batch size holding both engines; the speed of the first
+    over the second is the second's time over the first's, per pair: median over every pair of
+    every round, its interquartile range, and each round's median."""
+    a, b = args.paired
+    if "optimum" in args.paired:
+        raise SystemExit("--paired: optimum runs in its own environment and cannot share a process with another engine")
+    work = Path(args.work) / ("small" if args.small else "opus")
+    work.mkdir(parents=True, exist_ok=True)
+    skipped = prepare(work, "small" if args.small else "opus", args.optimum_python)
+    if a in skipped or b in skipped:
+        raise SystemExit(f"--paired: {skipped.get(a) or skipped.get(b)}")
+    lines = [f"| batch | {a} ms / token | {b} ms / token | speed of {a} over {b}: median (interquartile range) | "
+             "median of each round |", "|---|---|---|---|---|"]
+    for batch in args.batch:
+        rounds: list[list[tuple[float, float]]] = []
+        for r in range(args.rounds):
+            out = json.loads(_run([sys.executable, __file__, "--cell", "pair", "--paired", a, b, "--cell-batch", str(batch),
+                                   "--work", str(work), "--repeats", str(args.repeats)]).strip().splitlines()[-1])
+            rounds.append([tuple(t) for t in out["times"]])
+            print(f"round {r + 1} batch {batch:>2}: {statistics.median(tb / ta for ta, tb in rounds[-1]):.3f}", file=sys.stderr, flush=True)
+        every = [tb / ta for times in rounds for ta, tb in times]
+        q1, _, q3 = statistics.quantiles(every, n=4) if len(every) > 1 else (every[0],) * 3
+        per_token = 1000 / (NEW_TOKENS * batch)
+        ms_a = statistics.median(ta for times in rounds for ta, _ in times) * per_token
+        ms_b = statistics.median(tb for times in rounds for _, tb in times) * per_token
+        each = ", ".join(f"{statistics.median(tb / ta for ta, tb in times):.2f}" for times in rounds)
+        lines.append(f"| {batch} | {ms_a:.3f} | {ms_b:.3f} | **{statistics.median(every):.2f}x** ({q1:.2f}-{q3:.2f}) | {each} |")
+    command = (f"python bench/marian_race.py{' --small' if args.small else ''} --paired {a} {b} --rounds {args.rounds} "
+               f"--batch {' '.join(map(str, args.batch))} --repeats {args.repeats} --work {args.work}")
+    return "\n".join(lines) + (f"\n\n{args.rounds} rounds per batch, each a fresh process holding both engines and alternating "
+                               f"their decodes ({args.repeats} pairs, {NEW_TOKENS} new tokens per row, one thread each).\n"
+                               f"Command: `{command}`")
+
+
 # --- the race -----------------------------------------------------------------------------------
 
 
@@ -345,11 +409,16 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="seqcast's own d=256, 3+3 layers, 4 heads, ffn 1024, 8k shape instead")
     parser.add_argument("--alignment-cost", type=int, metavar="REPEATS",
                         help="only the paired with/without alignments comparison, REPEATS decodes each (needs a prepared --work)")
+    parser.add_argument("--paired", nargs=2, metavar="ENGINE", choices=[e for e in ENGINES if e != "optimum"] + ["seqcast-noalign"],
+                        help="only these two engines, alternating decode by decode in one process per round and batch "
+                             "(--repeats pairs each): the ratio the machine's load moves least")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--cell-batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         run_cell(args)
+    elif args.paired:
+        print(paired(args))
     elif args.alignment_cost:
         print(alignment_cost(Path(args.work) / ("small" if args.small else "opus"), args.batch, args.alignment_cost))
     else:

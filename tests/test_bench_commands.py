@@ -42,7 +42,9 @@ RUNS: dict[str, list[list[str]]] = {
     "training_time.py": [["--rounds", "1", "--only", "tourism-lstm-dot"]],
     "int8_qdq.py": [[EN_DE, "{tmp}/decoder-qdq.onnx", "--sentences", "2"]],
     # Its peers (CTranslate2, Optimum) are benchmark-only extras: without them it cannot run.
-    "marian_race.py": [["--small", "--rounds", "1", "--batch", "1", "--repeats", "1", "--work", "{tmp}/race"]],
+    "marian_race.py": [["--small", "--rounds", "1", "--batch", "1", "--repeats", "1", "--work", "{tmp}/race"],
+                       ["--small", "--paired", "seqcast-int8", "ctranslate2-int8", "--rounds", "1", "--batch", "1", "--repeats", "2",
+                        "--work", "{tmp}/race"]],
 }
 NEEDS = {"marian_race.py": "ctranslate2"}
 
