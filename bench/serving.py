@@ -22,11 +22,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +54,22 @@ def texts_for_bench() -> list[str]:
     return [t for t in texts if len(t) <= 200]
 
 
-def bare_cell(batch: int, args: argparse.Namespace) -> tuple[float, float]:
-    """Tokens/s of the bare loop, and its CPU ms per token: greedy batches of `batch` texts, each
-    decoding exactly max_new_tokens (end-of-sequence held back), for `duration` seconds after
-    `warmup`. ONNX Runtime runs on the calling thread (one intra-op thread), so its CPU time is
-    the loop's."""
+def bare_cell(batch: int, args: argparse.Namespace) -> tuple[float, float, float]:
+    """Tokens/s of the bare loop, its CPU ms per token, and its mean decoder call in ms: greedy
+    batches of `batch` texts, each decoding exactly max_new_tokens (end-of-sequence held back),
+    for `duration` seconds after `warmup`. ONNX Runtime runs on the calling thread (one intra-op
+    thread), so its CPU time is the loop's."""
     model = open_bundle(BUNDLE, RuntimeOptions(device="cpu", intra_op_threads=args.threads))
+    calls: list[float] = []
+    step = model.runtime.step
+
+    def timed_step(feeds: dict) -> dict:
+        t0 = time.perf_counter()
+        out = step(feeds)
+        calls.append(time.perf_counter() - t0)
+        return out
+
+    model.runtime.step = timed_step  # type: ignore[method-assign]
     special = model.manifest.special_tokens
     sources = model.codec.encode(texts_for_bench())
     n, i = args.max_new_tokens, 0
@@ -71,20 +83,29 @@ def bare_cell(batch: int, args: argparse.Namespace) -> tuple[float, float]:
     warm_until = time.perf_counter() + args.warmup
     while time.perf_counter() < warm_until:
         one_batch()
+    calls.clear()
     tokens, started, cpu = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - started < args.duration:
         tokens += one_batch()
-    return tokens / (time.perf_counter() - started), (time.thread_time() - cpu) / tokens * 1e3
+    return tokens / (time.perf_counter() - started), (time.thread_time() - cpu) / tokens * 1e3, statistics.mean(calls) * 1e3
 
 
-def run_bare(batch: int, args: argparse.Namespace) -> tuple[float, float]:
+def run_bare(batch: int, args: argparse.Namespace) -> tuple[float, float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--bare", str(batch), "--duration", str(args.duration), "--warmup", str(args.warmup),
          "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)],
         capture_output=True, text=True, check=True,
     )
-    rate, cpu_ms = out.stdout.strip().splitlines()[-1].split()
-    return float(rate), float(cpu_ms)
+    rate, cpu_ms, call_ms = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu_ms), float(call_ms)
+
+
+def decoder_calls(metrics_url: str) -> tuple[float, float]:
+    """The server's decoder-step histogram (ONNX Runtime's call alone): seconds in all, and calls."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    total = sum(float(v) for v in re.findall(r"^seqcast_decoder_step_duration_seconds_sum\{[^}]*\} (\S+)$", text, re.M))
+    count = sum(float(v) for v in re.findall(r"^seqcast_decoder_step_duration_seconds_count\{[^}]*\} (\S+)$", text, re.M))
+    return total, count
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,7 @@ class CpuSplit:
     decode_running: float  # the decoding thread on a core
     decode_waiting: float  # the decoding thread runnable, waiting for a core
     other_running: float  # every other thread (gRPC, the event loop, the task layer) together
+    call_ms: float = 0.0  # the mean decoder call (ONNX Runtime's run) of the cell's steps
 
 
 def cpu_split(before: dict[int, ThreadTime], after: dict[int, ThreadTime], seconds: float) -> CpuSplit:
@@ -163,15 +185,20 @@ def run_client(target: str, clients: int, args: argparse.Namespace, texts_file: 
 
 def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str, int], Cell], dict[int, list[tuple[float, float]]]]:
     models = committed_models("en-de")
-    servers = {policy: serve(models, "--batching", policy, "--intra-op-threads", str(args.threads))[:2] for policy in POLICIES}
+    servers = {}
+    for policy in POLICIES:
+        proc, target, startup = serve(models, "--batching", policy, "--intra-op-threads", str(args.threads))
+        metrics_url = re.search(r"(http://\S+/metrics)", startup)
+        assert metrics_url is not None, startup
+        servers[policy] = proc, target, metrics_url.group(1)
     texts_file = Path(tempfile.mkdtemp(prefix="seqcast-bench-texts-")) / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     runs: dict[tuple[str, int], list[LoadSummary]] = {}
-    bare: dict[int, list[tuple[float, float]]] = {}
+    bare: dict[int, list[tuple[float, float, float]]] = {}
     cpu: dict[tuple[str, int], list[CpuSplit]] = {}
     exact = args.max_new_tokens if args.exact else None
     try:
-        for _, target in servers.values():
+        for _, target, _ in servers.values():
             with SeqcastClient(target) as client:
                 client.wait_ready(60)
         kinds = (*POLICIES, "bare")
@@ -179,35 +206,37 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
             for r in range(args.rounds):
                 for cell in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
                     if cell == "bare":
-                        rate, cpu_ms = run_bare(clients, args)
-                        bare.setdefault(clients, []).append((rate, cpu_ms))
+                        rate, cpu_ms, call_ms = run_bare(clients, args)
+                        bare.setdefault(clients, []).append((rate, cpu_ms, call_ms))
                     else:
                         pid = servers[cell][0].pid
-                        before = thread_times(pid)
+                        before, calls_before = thread_times(pid), decoder_calls(servers[cell][2])
                         s = run_client(servers[cell][1], clients, args, texts_file, exact)
                         # Over the load generator's sending time (warm-up and window), not its start-up.
                         split = cpu_split(before, thread_times(pid), s.window_start_s + s.window_s)
+                        (t0, n0), (t1, n1) = calls_before, decoder_calls(servers[cell][2])
+                        split = CpuSplit(split.decode_running, split.decode_waiting, split.other_running, (t1 - t0) / max(n1 - n0, 1) * 1e3)
                         runs.setdefault((cell, clients), []).append(s)
                         cpu.setdefault((cell, clients), []).append(split)
                         rate = s.output_tokens_per_s or 0
                     print(f"  {clients:3d} clients, round {r + 1}, {cell:8s}: {rate:7,.0f} tokens/s", file=sys.stderr, flush=True)
     finally:
-        for proc, _ in servers.values():
+        for proc, _, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=60)
     cells = {key: _cell(v) for key, v in runs.items()}
-    medians = {key: CpuSplit(*(statistics.median(getattr(c, f) for c in splits) for f in ("decode_running", "decode_waiting", "other_running")))
+    medians = {key: CpuSplit(*(statistics.median(getattr(c, f) for c in splits) for f in ("decode_running", "decode_waiting", "other_running", "call_ms")))
                for key, splits in cpu.items()}
     return {key: Cell(**{**c.__dict__, "cpu": medians[key]}) for key, c in cells.items()}, bare
 
 
-def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[tuple[float, float]]], args: argparse.Namespace) -> None:
+def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[tuple[float, float, float]]], args: argparse.Namespace) -> None:
     print("| clients | bare loop tok/s (batch = clients) | in-flight tok/s | in-flight / bare | static tok/s | none tok/s "
           "| in-flight / none | TTFT p50 ms in-flight / static / none | TTFT p99 ms in-flight / static / none | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.concurrency:
         i, s, z = (cells[(p, n)] for p in POLICIES)
-        rates = [r for r, _ in bare[n]]
+        rates = [r for r, _, _ in bare[n]]
         b = statistics.median(rates)
         print(f"| {n} | {b:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | {i.tokens_per_s:,.0f} ({i.low:,.0f}-{i.high:,.0f}) "
               f"| {i.tokens_per_s / b:.2f} | {s.tokens_per_s:,.0f} | {z.tokens_per_s:,.0f} | {i.tokens_per_s / max(z.tokens_per_s, 1e-9):.2f}x "
@@ -216,15 +245,20 @@ def report(cells: dict[tuple[str, int], Cell], bare: dict[int, list[tuple[float,
     print("\nWhere the in-flight server's time went (medians over rounds, fractions of the cell's wall time): the "
           "decoding thread on a core, runnable but waiting for one (on a run queue), and asleep (blocked on the "
           "interpreter lock, or waiting for work); its CPU per generated token against the bare loop's; and every "
-          "other server thread's cores together.\n")
-    print("| clients | decoding thread running | waiting for a core | asleep (the interpreter lock, or no work) | CPU ms / token: decoding thread / bare loop | other threads running |")
-    print("|---|---|---|---|---|---|")
+          "other server thread's cores together; and the mean decoder call (ONNX Runtime's run alone: the server's "
+          "step histogram, the bare loop's own timer) against the bare loop's. At more than one stream the server's "
+          "rows sit at different positions, so its calls are not the bare loop's lock-step ones.\n")
+    print("| clients | decoding thread running | waiting for a core | asleep (the interpreter lock, or no work) "
+          "| CPU ms / token: decoding thread / bare loop | decoder call ms: server / bare loop | other threads running |")
+    print("|---|---|---|---|---|---|---|")
     for n in args.concurrency:
         c = cells[("inflight", n)]
         per_token = c.cpu.decode_running / max(c.tokens_per_s, 1e-9) * 1e3
-        bare_ms = statistics.median(ms for _, ms in bare[n])
+        bare_ms = statistics.median(ms for _, ms, _ in bare[n])
+        bare_call = statistics.median(call for _, _, call in bare[n])
         asleep = max(0.0, 1.0 - c.cpu.decode_running - c.cpu.decode_waiting)
-        print(f"| {n} | {c.cpu.decode_running:.2f} | {c.cpu.decode_waiting:.2f} | {asleep:.2f} | {per_token:.3f} / {bare_ms:.3f} | {c.cpu.other_running:.2f} |")
+        print(f"| {n} | {c.cpu.decode_running:.2f} | {c.cpu.decode_waiting:.2f} | {asleep:.2f} | {per_token:.3f} / {bare_ms:.3f} "
+              f"| {c.cpu.call_ms:.3f} / {bare_call:.3f} | {c.cpu.other_running:.2f} |")
 
 
 def main() -> None:
