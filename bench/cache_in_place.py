@@ -24,15 +24,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from seqcast.bundle.runtime import RuntimeOptions, session_options
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import alternate, cpu_session_options  # noqa: E402
+from step_time import alternate  # noqa: E402
 
 HEADS, HEAD_SIZE = 4, 64
 WIDTH = HEADS * HEAD_SIZE
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), cpu_session_options(1), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(RuntimeOptions(device="cpu")), providers=["CPUExecutionProvider"])
 
 
 def _inputs(batch: int, cache: str | int) -> list[onnx.ValueInfoProto]:

@@ -26,10 +26,10 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from seqcast.bundle.runtime import CPU_DISABLED_FUSIONS
+from seqcast.bundle.runtime import CPU_DISABLED_FUSIONS, RuntimeOptions, session_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import Variant, alternate, cpu_session_options, load, step_feeds  # noqa: E402
+from step_time import Variant, alternate, load, step_feeds  # noqa: E402
 
 WIDTH = 256
 
@@ -46,7 +46,7 @@ def _kernel_session(rows: int, fused: bool) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "norm", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return ort.InferenceSession(helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString(),
-                                cpu_session_options(1), providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_FUSIONS)
+                                session_options(RuntimeOptions(device="cpu")), providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_FUSIONS)
 
 
 def kernels(rows_list: list[int], calls: int) -> None:
@@ -68,8 +68,8 @@ def steps(bundles: list[str], batches: list[int], calls: int) -> None:
         variant = Variant.parse(bundle)
         model = load(variant, 1)
         path = str(variant.bundle / model.manifest.decoder.file)
-        on = ort.InferenceSession(path, cpu_session_options(1), providers=["CPUExecutionProvider"])
-        off = ort.InferenceSession(path, cpu_session_options(1), providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_FUSIONS)
+        on = ort.InferenceSession(path, session_options(RuntimeOptions(device="cpu")), providers=["CPUExecutionProvider"])
+        off = ort.InferenceSession(path, session_options(RuntimeOptions(device="cpu")), providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_FUSIONS)
         names = [o.name for o in on.get_outputs()]
         for batch in batches:
             feeds = step_feeds(model, batch, 30)

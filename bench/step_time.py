@@ -54,7 +54,7 @@ import onnxruntime as ort
 from seqcast.bundle.decoding import greedy_tokens, pad_batch
 from seqcast.bundle.loading import Bundle, open_bundle
 from seqcast.bundle.manifest import Manifest
-from seqcast.bundle.runtime import CPU_DISABLED_FUSIONS, OnnxModel, RuntimeOptions
+from seqcast.bundle.runtime import CPU_DISABLED_FUSIONS, OnnxModel, RuntimeOptions, session_options
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "en-de" / "1"
@@ -125,27 +125,21 @@ def median_step(model: Bundle, feeds: dict[str, np.ndarray], repeats: int) -> fl
     return statistics.median(times)
 
 
-def cpu_session_options(threads: int) -> ort.SessionOptions:
-    """The server's CPU session settings (`seqcast.bundle.runtime`), for sessions a benchmark
-    builds itself; pass `disabled_optimizers=CPU_DISABLED_FUSIONS` beside them to match it."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
-
-
-def alternate(calls: int, first: Callable[[], object], second: Callable[[], object]) -> tuple[float, float, float]:
-    """(median ms of `first`, of `second`, median ratio second / first) over `calls` pairs of
-    calls, the order flipped every pair so that running first or second favours neither."""
+def alternated_times(calls: int, first: Callable[[], object], second: Callable[[], object]) -> np.ndarray:
+    """Seconds of each call, (calls, 2): `calls` pairs of `first` and `second`, the order flipped
+    every pair so that running first or second favours neither."""
     times = np.empty((calls, 2))
     for i in range(calls):
         for j in (0, 1) if i % 2 == 0 else (1, 0):
             t0 = time.perf_counter()
             (first, second)[j]()
             times[i, j] = time.perf_counter() - t0
+    return times
+
+
+def alternate(calls: int, first: Callable[[], object], second: Callable[[], object]) -> tuple[float, float, float]:
+    """(median ms of `first`, of `second`, median ratio second / first) over `alternated_times`."""
+    times = alternated_times(calls, first, second)
     return float(np.median(times[:, 0])) * 1e3, float(np.median(times[:, 1])) * 1e3, float(np.median(times[:, 1] / times[:, 0]))
 
 
@@ -262,7 +256,7 @@ def profile(args: argparse.Namespace) -> None:
     model = load(variant, args.threads[0])
     feeds = step_feeds(model, args.batch[0], args.past)
     path = variant.decoder or variant.bundle / model.manifest.decoder.file
-    so = cpu_session_options(args.threads[0])
+    so = session_options(RuntimeOptions(device="cpu", intra_op_threads=args.threads[0]))
     so.enable_profiling = True
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
     session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],

@@ -67,7 +67,9 @@ def _providers(device: Device) -> list[str]:
 CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 
 
-def _session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
+    """The session settings of every bundle session (benchmarks that build sessions of their own
+    use them too; on CPU pass `disabled_optimizers=CPU_DISABLED_FUSIONS` beside them)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = options.intra_op_threads
@@ -75,9 +77,13 @@ def _session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
     so.log_severity_level = 3
+    return so
+
+
+def _session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
     providers = _providers(options.device)
     disabled = CPU_DISABLED_FUSIONS if providers == ["CPUExecutionProvider"] else []
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers, disabled_optimizers=disabled)
+    return ort.InferenceSession(str(path), sess_options=session_options(options), providers=providers, disabled_optimizers=disabled)
 
 
 def _check_io(kind: str, declared: list[TensorSpec], actual: list[ort.NodeArg]) -> None:
