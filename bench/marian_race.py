@@ -291,17 +291,12 @@ def alignment_cost(work: Path, batches: list[int], repeats: int) -> str:
 def run_pair_cell(work: Path, sources: list[list[int]], engines: list[str], pairs: int) -> None:
     """Both engines in this process, each warmed up, then `pairs` decodes of each, alternating
     A B, B A, ... so both see the same moments of the machine. Prints each pair's times."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_time import alternated_times  # here: the other cells may run where seqcast is not installed
+
     first, second = (_engine(work, sources, e) for e in engines)
     first(), second()
-    times: list[tuple[float, float]] = []
-    for i in range(pairs):
-        turn: dict[int, float] = {}
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            t0 = time.perf_counter()
-            (first, second)[which]()
-            turn[which] = time.perf_counter() - t0
-        times.append((turn[0], turn[1]))
-    print(json.dumps({"times": times}))
+    print(json.dumps({"times": alternated_times(pairs, first, second).tolist()}))
 
 
 def paired(args: argparse.Namespace) -> str:

@@ -19,6 +19,7 @@ Internally `--bare N` runs one bare-loop cell and prints its tokens/s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -215,7 +216,7 @@ def measure(args: argparse.Namespace, texts: list[str]) -> tuple[dict[tuple[str,
                         # Over the load generator's sending time (warm-up and window), not its start-up.
                         split = cpu_split(before, thread_times(pid), s.window_start_s + s.window_s)
                         (t0, n0), (t1, n1) = calls_before, decoder_calls(servers[cell][2])
-                        split = CpuSplit(split.decode_running, split.decode_waiting, split.other_running, (t1 - t0) / max(n1 - n0, 1) * 1e3)
+                        split = dataclasses.replace(split, call_ms=(t1 - t0) / max(n1 - n0, 1) * 1e3)
                         runs.setdefault((cell, clients), []).append(s)
                         cpu.setdefault((cell, clients), []).append(split)
                         rate = s.output_tokens_per_s or 0
