@@ -1,9 +1,9 @@
 """Bias rewrites that take nodes out of an int8 decoder step without changing what it computes.
 
-Builds on `onnx` graph edits; `quantize.per_row_matmuls` runs after it on int8 graphs. There,
-every bias Add after a quantized MatMul stays a node of its own (ONNX Runtime's fused
-MatMulIntegerToFloat would scale a bias by the per-row activation scale, see
-`quantize._bias_apart`). At batch 1 such an Add costs about as much as the arithmetic around
+Builds on `onnx` graph edits; `quantize.per_row_matmuls` runs after it on int8 graphs and reads
+weights with the same `weight_of`. There, every bias Add after a quantized MatMul stays a node
+of its own (ONNX Runtime's fused MatMulIntegerToFloat would scale a bias by the per-row
+activation scale, see `quantize._bias_apart`). At batch 1 such an Add costs about as much as the arithmetic around
 it, so the biases of attention's keys and values, which attention itself makes redundant, go:
 
 - **Keys**: a bias on the keys adds q . b to every score of a query, the same for every key, and
@@ -25,6 +25,21 @@ from collections import Counter, defaultdict
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+
+def weight_of(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The (K, N) float32 weight of a MatMul, or of a plain Gemm (alpha = beta = 1, A not
+    transposed), whose weight is an initializer; None for any other node."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    weight = inits[node.input[1]]
+    if len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)):
+        return None
+    value = numpy_helper.to_array(weight).astype(np.float32)
+    return np.ascontiguousarray(value.T) if attrs.get("transB", 0) else value
 
 
 class _Graph:
@@ -65,15 +80,6 @@ class _Graph:
                 return node, node.input[1 - i], node.input[i]
         return None
 
-    def weight(self, node: onnx.NodeProto) -> np.ndarray | None:
-        """The 2-D float32 initializer weight of a MatMul(x, W); None for anything else."""
-        if node.op_type != "MatMul" or node.input[1] not in self.inits:
-            return None
-        init = self.inits[node.input[1]]
-        if len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
-            return None
-        return numpy_helper.to_array(init)
-
     def add_vector(self, name: str, value: np.ndarray) -> str:
         """Adds a float32 initializer named `name` (made unique) holding `value`; returns its name."""
         fresh, n = name, 1
@@ -104,7 +110,7 @@ def _attention_biases(g: _Graph, removed: dict[int, onnx.NodeProto]) -> Counter[
         if value is None or g.only_consumer(node.input[2]) is not node:
             continue
         projection = g.only_consumer(node.output[0])
-        weight = None if projection is None else g.weight(projection)
+        weight = None if projection is None or projection.op_type != "MatMul" else weight_of(projection, g.inits)
         after = None if projection is None else g.only_consumer(projection.output[0])
         out_bias = None if after is None else g.bias_add(after.output[0])
         if weight is None or out_bias is None or out_bias[1] != projection.output[0]:

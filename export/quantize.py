@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from seqcast.export.biases import move_biases
+from seqcast.export.biases import move_biases, weight_of
 
 log = logging.getLogger(__name__)
 
@@ -243,21 +243,6 @@ def _bias_apart(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
             node.op_type = "Sum"
 
 
-def _weight_of(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
-    """The (K, N) float32 weight of a MatMul, or of a plain Gemm (alpha = beta = 1, A not
-    transposed), whose weight is an initializer; None for any other node."""
-    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-        return None
-    weight = inits[node.input[1]]
-    if len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
-        return None
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)):
-        return None
-    value = numpy_helper.to_array(weight).astype(np.float32)
-    return np.ascontiguousarray(value.T) if attrs.get("transB", 0) else value
-
-
 def per_row_matmuls(model: onnx.ModelProto) -> int:
     """Rewrites, in place, every MatMul (and plain Gemm) whose weight is a 2-D float32 initializer as
     MatMulInteger(quantized rows of x, int8 weight) -> float32 -> x (row scale x column scale);
@@ -278,7 +263,7 @@ def per_row_matmuls(model: onnx.ModelProto) -> int:
     ]
     rewritten: set[str] = set()  # outputs of the MatMuls rewritten
     for node in graph.node:
-        weight = _weight_of(node, inits)
+        weight = weight_of(node, inits)
         if weight is None:
             nodes.append(node)
             continue
